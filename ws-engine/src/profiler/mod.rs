@@ -1,0 +1,1 @@
+//! Callback profiler: lock-free per-callback statistics.
