@@ -1,4 +1,4 @@
 //! ws-engine: a zero-copy RFC 6455 WebSocket client engine.
 #![deny(missing_docs)]
 
-pub mod profiler;
+pub use ws_profiler as profiler;

@@ -1,1 +1,2 @@
 //! Callback profiler: lock-free per-callback statistics.
+#![deny(missing_docs)]
