@@ -10,7 +10,6 @@
 #![no_main]
 
 use aya_ebpf::{
-    EbpfContext as _,
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, fentry, map, perf_event, raw_tracepoint, tracepoint, uprobe},
     maps::{Array, PerCpuArray, RingBuf},

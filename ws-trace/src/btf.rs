@@ -243,7 +243,9 @@ mod tests {
         let strings = b"\0int\0outer\0a\0b\0c\0".to_vec();
         let s = |name: &str| -> u32 {
             let hay = std::str::from_utf8(&strings).unwrap_or_default();
-            hay.find(&format!("\0{name}\0")).map(|p| p as u32 + 1).unwrap_or(0)
+            hay.find(&format!("\0{name}\0"))
+                .map(|p| p as u32 + 1)
+                .unwrap_or(0)
         };
         let mut types = Vec::new();
         let mut push = |words: &[u32]| {
@@ -264,7 +266,13 @@ mod tests {
         let mut out = Vec::new();
         out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
         out.extend_from_slice(&[1, 0]);
-        for w in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        for w in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
             out.extend_from_slice(&w.to_le_bytes());
         }
         out.extend_from_slice(&types);
@@ -278,8 +286,14 @@ mod tests {
         assert_eq!(btf.type_count(), 3);
         assert_eq!(btf.field_offset("outer", "a").ok(), Some(0));
         assert_eq!(btf.field_offset("outer", "c").ok(), Some(8));
-        assert!(matches!(btf.field_offset("outer", "zz"), Err(BtfError::NoField { .. })));
-        assert!(matches!(btf.field_offset("nope", "a"), Err(BtfError::NoStruct(_))));
+        assert!(matches!(
+            btf.field_offset("outer", "zz"),
+            Err(BtfError::NoField { .. })
+        ));
+        assert!(matches!(
+            btf.field_offset("nope", "a"),
+            Err(BtfError::NoStruct(_))
+        ));
     }
 
     #[test]

@@ -1,1 +1,15 @@
-//! ws-trace
+//! ws-trace: follows every WebSocket message from the NIC to the user's callback.
+//!
+//! Data flows one way: [`probes`] load and attach the eBPF programs, which write records
+//! into one ring buffer; [`ring`] drains it, [`decode`] types each record, and
+//! [`attach`] runs a session on top. [`doctor`] says what the machine allows.
+#![deny(missing_docs)]
+
+pub mod attach;
+pub mod btf;
+pub mod decode;
+pub mod doctor;
+pub mod privileges;
+pub mod probes;
+pub mod ring;
+pub mod tracefs;

@@ -7,7 +7,9 @@ pub const TRACEFS_PATH: &str = "/sys/kernel/tracing";
 
 /// A failure to mount tracefs.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot mount tracefs at {TRACEFS_PATH}: {0} (mount it with `mount -t tracefs nodev {TRACEFS_PATH}`)")]
+#[error(
+    "cannot mount tracefs at {TRACEFS_PATH}: {0} (mount it with `mount -t tracefs nodev {TRACEFS_PATH}`)"
+)]
 pub struct MountError(#[from] nix::Error);
 
 /// The directory where tracefs is mounted now, if it is.

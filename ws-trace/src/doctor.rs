@@ -1,0 +1,487 @@
+//! `ws-trace doctor`: what this machine allows, found by trying it.
+//!
+//! Each hook type is checked by really loading and attaching a trivial program from the
+//! probe object, making it fire, and reading back how often it ran. Where the kernel says
+//! no, its error is shown as it gave it.
+use std::{
+    fmt,
+    io::{IoSliceMut, Read as _, Write as _},
+    net::{TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf,
+    maps::PerCpuArray,
+    programs::{
+        BtfTracePoint, FEntry, PerfEvent, RawTracePoint, TracePoint, UProbe,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        uprobe::UProbeScope,
+    },
+    util::online_cpus,
+};
+use serde::Serialize;
+
+use crate::{btf::Btf, privileges::Privileges, probes, tracefs};
+
+/// Outcome of one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Works.
+    Ok,
+    /// Not available, and ws-trace does without it (or falls back).
+    Unavailable,
+    /// Not available, and ws-trace needs it.
+    Fail,
+}
+
+/// One line of the doctor's report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    /// Stable name (`hook.fentry`, `ktls`, ...).
+    pub name: &'static str,
+    /// The outcome.
+    pub status: Status,
+    /// Whether ws-trace needs this to work.
+    pub required: bool,
+    /// What was found, or the kernel's error.
+    pub detail: String,
+    /// What to do about it, when it is not ok.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// The whole report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// `false` when a required check failed.
+    pub ok: bool,
+    /// Every check, in order.
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    /// The check of that name.
+    pub fn check(&self, name: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.name == name)
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "ws-trace doctor")?;
+        for c in &self.checks {
+            let mark = match c.status {
+                Status::Ok => "ok",
+                Status::Unavailable => "n/a",
+                Status::Fail => "FAIL",
+            };
+            writeln!(f, "  {mark:<5} {:<20} {}", c.name, c.detail)?;
+            if let Some(fix) = &c.fix {
+                writeln!(f, "  {:<5} {:<20} -> {fix}", "", "")?;
+            }
+        }
+        if self.ok {
+            write!(f, "everything ws-trace needs is here")
+        } else {
+            write!(f, "ws-trace cannot run here: fix the FAIL lines above")
+        }
+    }
+}
+
+fn check(name: &'static str, required: bool, result: Result<String, String>) -> Check {
+    match result {
+        Ok(detail) => Check {
+            name,
+            status: Status::Ok,
+            required,
+            detail,
+            fix: None,
+        },
+        Err(detail) => Check {
+            name,
+            status: if required {
+                Status::Fail
+            } else {
+                Status::Unavailable
+            },
+            required,
+            detail,
+            fix: None,
+        },
+    }
+}
+
+fn with_fix(mut c: Check, fix: &str) -> Check {
+    if c.status != Status::Ok {
+        c.fix = Some(fix.to_string());
+    }
+    c
+}
+
+/// Runs every check.
+pub fn run() -> Report {
+    let mut checks = vec![
+        check("kernel", true, kernel()),
+        with_fix(
+            check("btf", true, btf()),
+            "ws-trace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+        ),
+    ];
+    let privileges = Privileges::current();
+    let privileged = privileges.as_ref().is_ok_and(Privileges::can_trace);
+    checks.push(with_fix(
+        check(
+            "privileges",
+            true,
+            match &privileges {
+                Ok(p) if p.can_trace() => Ok(format!(
+                    "root={} CAP_BPF={} CAP_PERFMON={} CAP_SYS_ADMIN={}",
+                    p.root, p.cap_bpf, p.cap_perfmon, p.cap_sys_admin
+                )),
+                Ok(p) => Err(p
+                    .require_tracing()
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default()),
+                Err(e) => Err(e.to_string()),
+            },
+        ),
+        "run with sudo / needs CAP_BPF+CAP_PERFMON",
+    ));
+    checks.push(tracefs_check(privileged));
+    if privileged {
+        match Ebpf::load(probes::PROBES_OBJECT) {
+            Ok(mut ebpf) => {
+                checks.push(check(
+                    "bpf",
+                    true,
+                    Ok("bpf() allowed: probe object loaded, maps created".into()),
+                ));
+                checks.extend(hooks(&mut ebpf));
+            }
+            Err(e) => checks.push(with_fix(
+                check("bpf", true, Err(format!("{e:#}"))),
+                "check kernel.unprivileged_bpf_disabled, lockdown and seccomp",
+            )),
+        }
+    } else {
+        checks.push(check(
+            "bpf",
+            true,
+            Err("not tried: no privileges to load BPF programs".into()),
+        ));
+    }
+    checks.push(with_fix(
+        check("ktls", false, ktls()),
+        "the engine uses userspace TLS (rustls); for kTLS load the `tls` module (modprobe tls)",
+    ));
+    checks.push(with_fix(
+        check("clock", false, clock()),
+        "the engine falls back to clock_gettime(CLOCK_MONOTONIC) stamps",
+    ));
+    checks.push(with_fix(
+        check("so_timestamping", false, so_timestamping()),
+        "the nic-stamp cross-check against socket timestamps is unavailable",
+    ));
+    let ok = checks.iter().all(|c| c.status != Status::Fail);
+    Report { ok, checks }
+}
+
+fn kernel() -> Result<String, String> {
+    let u = nix::sys::utsname::uname().map_err(|e| e.to_string())?;
+    Ok(format!(
+        "{} {} {}",
+        u.sysname().to_string_lossy(),
+        u.release().to_string_lossy(),
+        u.machine().to_string_lossy()
+    ))
+}
+
+fn btf() -> Result<String, String> {
+    let btf = Btf::from_sys_fs().map_err(|e| e.to_string())?;
+    let off = probes::kernel_offsets(&btf).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "/sys/kernel/btf/vmlinux: {} types; sk_buff.len@{} sk_buff.dev@{} net_device.ifindex@{}",
+        btf.type_count(),
+        off.sk_buff_len,
+        off.sk_buff_dev,
+        off.net_device_ifindex
+    ))
+}
+
+fn tracefs_check(privileged: bool) -> Check {
+    let result = match tracefs::mounted() {
+        Some(dir) => Ok(format!("mounted at {}", dir.display())),
+        None if privileged => match tracefs::ensure_mounted() {
+            Ok((dir, _)) => Ok(format!(
+                "was not mounted; ws-trace mounted it at {} (it does so whenever classic tracepoints are used)",
+                dir.display()
+            )),
+            Err(e) => Err(e.to_string()),
+        },
+        None => Err(format!(
+            "not mounted; ws-trace mounts it at {} when run with privileges",
+            tracefs::TRACEFS_PATH
+        )),
+    };
+    with_fix(
+        check("tracefs", true, result),
+        "mount -t tracefs nodev /sys/kernel/tracing",
+    )
+}
+
+/// Index of each hook type in the probes' `DOCTOR_HITS` map.
+const HIT_TRACEPOINT: u32 = 0;
+const HIT_TP_BTF: u32 = 1;
+const HIT_RAW_TP: u32 = 2;
+const HIT_UPROBE: u32 = 3;
+const HIT_PERF_EVENT: u32 = 4;
+const HIT_FENTRY: u32 = 5;
+
+/// The function the doctor's uprobe attaches to.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn ws_trace_doctor_target(x: u64) -> u64 {
+    std::hint::black_box(x.wrapping_mul(31).wrapping_add(7))
+}
+
+fn hits(ebpf: &Ebpf, index: u32) -> Result<u64, String> {
+    let map = ebpf
+        .map("DOCTOR_HITS")
+        .ok_or("no DOCTOR_HITS map in the probe object")?;
+    let hits: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(|e| e.to_string())?;
+    Ok(hits.get(&index, 0).map_err(|e| e.to_string())?.iter().sum())
+}
+
+fn fired(ebpf: &Ebpf, index: u32, what: &str) -> Result<String, String> {
+    match hits(ebpf, index)? {
+        0 => Err(format!("attached, but did not fire on {what}")),
+        n => Ok(format!("loaded, attached, fired {n}x on {what}")),
+    }
+}
+
+/// Renders an error with its whole source chain (the kernel's errno is usually last).
+fn err(e: impl std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !s.contains(&cause_text) {
+            s.push_str(": ");
+            s.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    s
+}
+
+fn syscalls() {
+    for _ in 0..16 {
+        std::hint::black_box(nix::unistd::getppid());
+    }
+}
+
+fn tcp_exchange() -> std::io::Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let mut client = TcpStream::connect(listener.local_addr()?)?;
+    let (mut server, _) = listener.accept()?;
+    client.write_all(b"doctor")?;
+    let mut buf = [0u8; 6];
+    server.read_exact(&mut buf)?;
+    Ok(())
+}
+
+fn hooks(ebpf: &mut Ebpf) -> Vec<Check> {
+    let btf = aya::Btf::from_sys_fs();
+    let mut out = Vec::new();
+
+    let r = (|| -> Result<String, String> {
+        let p: &mut TracePoint = prog(ebpf, "doctor_tracepoint")?;
+        p.load().map_err(err)?;
+        p.attach("syscalls", "sys_enter_getppid").map_err(err)?;
+        syscalls();
+        fired(ebpf, HIT_TRACEPOINT, "syscalls:sys_enter_getppid")
+    })();
+    out.push(check("hook.tracepoint", true, r));
+
+    let r = (|| -> Result<String, String> {
+        let btf = btf.as_ref().map_err(|e| e.to_string())?;
+        let p: &mut BtfTracePoint = prog(ebpf, "doctor_tp_btf")?;
+        p.load("sys_enter", btf).map_err(err)?;
+        p.attach().map_err(err)?;
+        syscalls();
+        fired(ebpf, HIT_TP_BTF, "sys_enter")
+    })();
+    out.push(check("hook.tp_btf", true, r));
+
+    let r = (|| -> Result<String, String> {
+        let p: &mut RawTracePoint = prog(ebpf, "doctor_raw_tp")?;
+        p.load().map_err(err)?;
+        p.attach("sys_enter").map_err(err)?;
+        syscalls();
+        fired(ebpf, HIT_RAW_TP, "sys_enter")
+    })();
+    out.push(check("hook.raw_tracepoint", false, r));
+
+    let r = (|| -> Result<String, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let p: &mut UProbe = prog(ebpf, "doctor_uprobe")?;
+        p.load().map_err(err)?;
+        p.attach("ws_trace_doctor_target", &exe, UProbeScope::AllProcesses)
+            .map_err(err)?;
+        for i in 0..4 {
+            std::hint::black_box(ws_trace_doctor_target(i));
+        }
+        fired(ebpf, HIT_UPROBE, "ws_trace_doctor_target")
+    })();
+    out.push(check("hook.uprobe", true, r));
+
+    let r = (|| -> Result<String, String> {
+        let p: &mut PerfEvent = prog(ebpf, "doctor_perf_event")?;
+        p.load().map_err(err)?;
+        let cpus = online_cpus().map_err(|(_, e)| e.to_string())?;
+        for cpu in cpus {
+            p.attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Frequency(1000),
+                false,
+            )
+            .map_err(err)?;
+        }
+        let until = Instant::now() + Duration::from_millis(50);
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        fired(ebpf, HIT_PERF_EVENT, "software cpu-clock at 1000 Hz")
+    })();
+    out.push(check("hook.perf_event", true, r));
+
+    let r = (|| -> Result<String, String> {
+        let btf = btf.as_ref().map_err(|e| e.to_string())?;
+        let p: &mut FEntry = prog(ebpf, "doctor_fentry")?;
+        p.load("tcp_rcv_established", btf).map_err(err)?;
+        p.attach().map_err(err)?;
+        tcp_exchange().map_err(|e| e.to_string())?;
+        fired(ebpf, HIT_FENTRY, "tcp_rcv_established")
+    })();
+    out.push(with_fix(
+        check("hook.fentry", false, r),
+        "not needed: ws-trace uses tp_btf tracepoints instead of fentry",
+    ));
+    out
+}
+
+fn prog<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the probe object"))?
+        .try_into()
+        .map_err(err)
+}
+
+fn ktls() -> Result<String, String> {
+    let ulps = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let client = TcpStream::connect(listener.local_addr().map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let name = b"tls";
+    // SAFETY: a valid fd owned by `client`, a valid pointer/length pair for the option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            client.as_raw_fd(),
+            libc::SOL_TCP,
+            libc::TCP_ULP,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(format!(
+            "tls ULP attached to a loopback socket (available ULPs: {ulps})"
+        ))
+    } else {
+        Err(format!(
+            "setsockopt(TCP_ULP, \"tls\"): {} (available ULPs: {ulps})",
+            std::io::Error::last_os_error()
+        ))
+    }
+}
+
+fn clock() -> Result<String, String> {
+    let source =
+        std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: Vec<&str> = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("flags"))
+        .map(|l| {
+            l.trim_start_matches([' ', '\t', ':'])
+                .split_whitespace()
+                .collect()
+        })
+        .unwrap_or_default();
+    let has = |f: &str| flags.contains(&f);
+    let detail = format!(
+        "clocksource={source} constant_tsc={} nonstop_tsc={} tsc_known_freq={}",
+        has("constant_tsc"),
+        has("nonstop_tsc"),
+        has("tsc_known_freq")
+    );
+    if has("constant_tsc") && has("nonstop_tsc") {
+        Ok(format!("{detail}: engine stamps use the TSC"))
+    } else {
+        Err(format!("{detail}: TSC not invariant"))
+    }
+}
+
+fn so_timestamping() -> Result<String, String> {
+    use nix::sys::socket::{
+        ControlMessageOwned, MsgFlags, SockaddrStorage, TimestampingFlag, recvmsg, setsockopt,
+        sockopt,
+    };
+    let e = |e: std::io::Error| e.to_string();
+    let rx = UdpSocket::bind("127.0.0.1:0").map_err(e)?;
+    let tx = UdpSocket::bind("127.0.0.1:0").map_err(e)?;
+    rx.set_read_timeout(Some(Duration::from_secs(1)))
+        .map_err(e)?;
+    setsockopt(
+        &rx,
+        sockopt::Timestamping,
+        &(TimestampingFlag::SOF_TIMESTAMPING_RX_SOFTWARE
+            | TimestampingFlag::SOF_TIMESTAMPING_SOFTWARE),
+    )
+    .map_err(|e| format!("setsockopt(SO_TIMESTAMPING): {e}"))?;
+    tx.send_to(b"stamp", rx.local_addr().map_err(e)?)
+        .map_err(e)?;
+    let mut buf = [0u8; 16];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!(nix::sys::socket::Timestamps);
+    let msg =
+        recvmsg::<SockaddrStorage>(rx.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
+            .map_err(|e| format!("recvmsg: {e}"))?;
+    for c in msg.cmsgs().map_err(|e| e.to_string())? {
+        if let ControlMessageOwned::ScmTimestampsns(ts) = c {
+            if ts.system.tv_sec() != 0 {
+                return Ok(format!(
+                    "software receive stamps on loopback (CLOCK_REALTIME); hardware stamp {}",
+                    if ts.hw_raw.tv_sec() != 0 {
+                        "present"
+                    } else {
+                        "absent"
+                    }
+                ));
+            }
+        }
+    }
+    Err("recvmsg carried no software receive stamp".into())
+}
