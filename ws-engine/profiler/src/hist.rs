@@ -56,6 +56,13 @@ pub fn quantile(counts: &[u64], total: u64, q: f64, min: u64, max: u64) -> u64 {
     let q = q.clamp(0.0, 1.0);
     // Nearest rank: the smallest sample with at least q*total samples at or below it.
     let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+    // The extreme ranks are known exactly.
+    if rank == total {
+        return max;
+    }
+    if rank == 1 {
+        return min;
+    }
     let mut seen = 0u64;
     for (i, &c) in counts.iter().enumerate() {
         seen += c;
@@ -77,11 +84,23 @@ pub fn report_quantiles(counts: &[u64], total: u64, min: u64, max: u64) -> [u64;
     }
     let ranks = REPORT_QUANTILES.map(|q| ((q * total as f64).ceil() as u64).clamp(1, total));
     let mut next = 0;
+    // Ranks are ascending; the extremes are known exactly.
+    for (o, &r) in out.iter_mut().zip(ranks.iter()).rev() {
+        if r == total {
+            *o = max;
+        }
+    }
+    while next < ranks.len() && ranks[next] == 1 {
+        out[next] = min;
+        next += 1;
+    }
     let mut seen = 0u64;
     for (i, &c) in counts.iter().enumerate() {
         seen += c;
         while next < ranks.len() && seen >= ranks[next] {
-            out[next] = bucket_value(i).clamp(min, max.max(min));
+            if ranks[next] < total {
+                out[next] = bucket_value(i).clamp(min, max.max(min));
+            }
             next += 1;
         }
         if next == ranks.len() {
