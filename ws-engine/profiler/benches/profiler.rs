@@ -41,8 +41,18 @@ fn parse_args() -> Result<Args, String> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--json" => a.json = Some(it.next().ok_or("--json needs a file")?),
-            "--rounds" => a.rounds = it.next().and_then(|v| v.parse().ok()).ok_or("--rounds needs a number")?,
-            "--iters" => a.iters = it.next().and_then(|v| v.parse().ok()).ok_or("--iters needs a number")?,
+            "--rounds" => {
+                a.rounds = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--rounds needs a number")?
+            }
+            "--iters" => {
+                a.iters = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--iters needs a number")?
+            }
             // cargo passes --bench; anything else (filters) is ignored too.
             _ => {}
         }
@@ -57,7 +67,10 @@ fn parse_args() -> Result<Args, String> {
 /// per-operation costs are taken from the thread's own CPU time: time the thread spends
 /// preempted is not the profiler's cost.
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID always exists on
     // Linux, so the call only writes into `ts`.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
@@ -138,7 +151,10 @@ fn two_threads(p: &Profiler, iters: u64) -> Cost {
             })
         })
         .collect();
-    let mut sum = Cost { cpu: 0.0, wall: 0.0 };
+    let mut sum = Cost {
+        cpu: 0.0,
+        wall: 0.0,
+    };
     let mut n = 0.0;
     for h in hs {
         if let Ok(v) = h.join() {
@@ -166,7 +182,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     if n == 0 {
         return f64::NAN;
     }
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// Run `rounds` rounds; print and return the median CPU-time cost (wall time beside it).
@@ -177,7 +197,9 @@ fn run(name: &str, rounds: usize, mut f: impl FnMut() -> Cost) -> f64 {
     let lo = cpu.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = cpu.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let wall = median(v.iter().map(|c| c.wall).collect());
-    println!("{name:<44} median {m:7.2} ns  (min {lo:6.2}, max {hi:6.2}; wall median {wall:7.2} ns)");
+    println!(
+        "{name:<44} median {m:7.2} ns  (min {lo:6.2}, max {hi:6.2}; wall median {wall:7.2} ns)"
+    );
     m
 }
 
@@ -196,24 +218,41 @@ fn main() -> Result<(), String> {
     );
     spans(&p, CallbackKind::RECEIVE, iters / 4);
 
-    let one = run("start+stop, 1 thread", rounds, || spans(&p, CallbackKind::RECEIVE, iters));
-    let two = run("start+stop, 2 threads, same kind", rounds, || two_threads(&p, iters));
+    let one = run("start+stop, 1 thread", rounds, || {
+        spans(&p, CallbackKind::RECEIVE, iters)
+    });
+    let two = run("start+stop, 2 threads, same kind", rounds, || {
+        two_threads(&p, iters)
+    });
     let off = build(Profiler::builder().enabled(false))?;
-    let disabled = run("start+stop, profiler disabled", rounds, || spans(&off, CallbackKind::RECEIVE, iters));
+    let disabled = run("start+stop, profiler disabled", rounds, || {
+        spans(&off, CallbackKind::RECEIVE, iters)
+    });
 
     println!("-- reference --");
     run("empty loop", rounds, || empty_loop(iters));
     let mono = build(Profiler::builder().clock(ClockSource::Monotonic))?;
-    run("start+stop, 1 thread, CLOCK_MONOTONIC", rounds, || spans(&mono, CallbackKind::RECEIVE, iters));
+    run("start+stop, 1 thread, CLOCK_MONOTONIC", rounds, || {
+        spans(&mono, CallbackKind::RECEIVE, iters)
+    });
     let shared = build(Profiler::builder().thread_slots(1))?;
     spans(&shared, CallbackKind::RECEIVE, 1); // the main thread takes the only private slot
-    run("start+stop, 2 threads, shared overflow slot", rounds, || two_threads(&shared, iters));
+    run(
+        "start+stop, 2 threads, shared overflow slot",
+        rounds,
+        || two_threads(&shared, iters),
+    );
     let conns = build(Profiler::builder().connections(1024))?;
     run("start_conn+stop, 1 thread, 64 connections", rounds, || {
         conn_spans(&conns, CallbackKind::RECEIVE, iters)
     });
-    run("record(kind, ns, bytes), 1 thread", rounds, || records(&p, CallbackKind::PING, iters));
-    println!("(connections tracked by the start_conn run: {})", conns.tracked_connections());
+    run("record(kind, ns, bytes), 1 thread", rounds, || {
+        records(&p, CallbackKind::PING, iters)
+    });
+    println!(
+        "(connections tracked by the start_conn run: {})",
+        conns.tracked_connections()
+    );
 
     let out = Output {
         start_stop_ns: StartStop {

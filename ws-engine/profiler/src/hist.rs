@@ -47,27 +47,30 @@ pub fn bucket_value(i: usize) -> u64 {
     lo + width / 2
 }
 
-/// Nearest-rank quantile `q` (0 < q <= 1) of a bucket-count array, clamped to `[min, max]`.
-/// Returns 0 for an empty histogram.
-pub fn quantile(counts: &[u64], total: u64, q: f64, min: u64, max: u64) -> u64 {
+/// Nearest-rank quantile `q` (0 < q <= 1) of a bucket-count array: the midpoint of the
+/// bucket holding the rank-th smallest sample, clamped to `[min, max]`. The extreme ranks
+/// are exact: the last is `max`, the first is `min` when the exact min is known (`None`
+/// for time windows, which keep no min). Returns 0 for an empty histogram.
+pub fn quantile(counts: &[u64], total: u64, q: f64, min: Option<u64>, max: u64) -> u64 {
     if total == 0 {
         return 0;
     }
     let q = q.clamp(0.0, 1.0);
-    // Nearest rank: the smallest sample with at least q*total samples at or below it.
     let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
-    // The extreme ranks are known exactly.
     if rank == total {
         return max;
     }
-    if rank == 1 {
-        return min;
+    if rank == 1
+        && let Some(m) = min
+    {
+        return m;
     }
+    let lo = min.unwrap_or(0);
     let mut seen = 0u64;
     for (i, &c) in counts.iter().enumerate() {
         seen += c;
         if seen >= rank {
-            return bucket_value(i).clamp(min, max.max(min));
+            return bucket_value(i).clamp(lo, max.max(lo));
         }
     }
     max
@@ -76,38 +79,9 @@ pub fn quantile(counts: &[u64], total: u64, q: f64, min: u64, max: u64) -> u64 {
 /// The percentiles every report carries: p50, p90, p99, p99.9.
 pub const REPORT_QUANTILES: [f64; 4] = [0.50, 0.90, 0.99, 0.999];
 
-/// p50/p90/p99/p99.9 of a bucket-count array in one pass.
-pub fn report_quantiles(counts: &[u64], total: u64, min: u64, max: u64) -> [u64; 4] {
-    let mut out = [0u64; 4];
-    if total == 0 {
-        return out;
-    }
-    let ranks = REPORT_QUANTILES.map(|q| ((q * total as f64).ceil() as u64).clamp(1, total));
-    let mut next = 0;
-    // Ranks are ascending; the extremes are known exactly.
-    for (o, &r) in out.iter_mut().zip(ranks.iter()).rev() {
-        if r == total {
-            *o = max;
-        }
-    }
-    while next < ranks.len() && ranks[next] == 1 {
-        out[next] = min;
-        next += 1;
-    }
-    let mut seen = 0u64;
-    for (i, &c) in counts.iter().enumerate() {
-        seen += c;
-        while next < ranks.len() && seen >= ranks[next] {
-            if ranks[next] < total {
-                out[next] = bucket_value(i).clamp(min, max.max(min));
-            }
-            next += 1;
-        }
-        if next == ranks.len() {
-            break;
-        }
-    }
-    out
+/// p50/p90/p99/p99.9 of a bucket-count array.
+pub fn report_quantiles(counts: &[u64], total: u64, min: Option<u64>, max: u64) -> [u64; 4] {
+    REPORT_QUANTILES.map(|q| quantile(counts, total, q, min, max))
 }
 
 #[cfg(test)]

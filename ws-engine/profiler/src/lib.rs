@@ -848,7 +848,8 @@ impl Profiler {
             .map(|(k, name)| {
                 let c = inner.cumulative(k);
                 let min = c.min_or_zero();
-                let [p50, p90, p99, p999] = hist::report_quantiles(&c.hist, c.count, min, c.max);
+                let [p50, p90, p99, p999] =
+                    hist::report_quantiles(&c.hist, c.count, Some(min), c.max);
                 CallbackStats {
                     name: name.clone(),
                     count: c.count,
@@ -934,6 +935,6 @@ impl Profiler {
     /// [`RELATIVE_ERROR`]; 0 if nothing was recorded.
     pub fn quantile(&self, kind: CallbackKind, q: f64) -> u64 {
         let c = self.inner.cumulative(kind.index());
-        hist::quantile(&c.hist, c.count, q, c.min_or_zero(), c.max)
+        hist::quantile(&c.hist, c.count, q, Some(c.min_or_zero()), c.max)
     }
 }

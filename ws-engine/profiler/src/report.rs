@@ -296,7 +296,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "Callback profiler: {} over {:.3} s, clock {} (calibration ±{:.2} ppm), percentiles within ±{:.2}%",
+            "ws-profiler: {} over {:.3} s, clock {} (calibration ±{:.2} ppm), percentiles within ±{:.2}%",
             if self.enabled { "on" } else { "OFF" },
             self.uptime_ns as f64 / 1e9,
             self.clock.source,

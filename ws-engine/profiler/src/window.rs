@@ -115,7 +115,7 @@ impl WindowState {
                 .collect();
             let total = c.total.saturating_sub(p.total);
             let max = win_max.get(k).copied().unwrap_or(0);
-            let [p50, p90, p99, p999] = report_quantiles(&hist, count, 0, max);
+            let [p50, p90, p99, p999] = report_quantiles(&hist, count, None, max);
             callbacks.push(WindowCallbackStats {
                 name: names.get(k).cloned().unwrap_or_default(),
                 count,
@@ -143,7 +143,7 @@ impl WindowState {
             if *count < rule.min_count.max(1) {
                 continue;
             }
-            let observed = quantile(hist, *count, rule.quantile, 0, *max);
+            let observed = quantile(hist, *count, rule.quantile, None, *max);
             if observed > rule.threshold_ns {
                 fired.push((
                     Alert {

@@ -38,12 +38,19 @@ fn check(name: &str, samples: Vec<u64>) -> f64 {
     let mut sorted = samples;
     sorted.sort_unstable();
     let r = p.report();
-    let Some(c) = r.callback("receive") else { panic!("no receive row") };
+    let Some(c) = r.callback("receive") else {
+        panic!("no receive row")
+    };
     assert_eq!(c.count, sorted.len() as u64);
     assert_eq!(c.min_ns, sorted[0]);
     assert_eq!(c.max_ns, sorted[sorted.len() - 1]);
     let mut worst = 0.0f64;
-    for (q, got) in [(0.5, c.p50_ns), (0.9, c.p90_ns), (0.99, c.p99_ns), (0.999, c.p999_ns)] {
+    for (q, got) in [
+        (0.5, c.p50_ns),
+        (0.9, c.p90_ns),
+        (0.99, c.p99_ns),
+        (0.999, c.p999_ns),
+    ] {
         let want = exact(&sorted, q);
         let err = got.abs_diff(want) as f64 / want.max(1) as f64;
         worst = worst.max(err);
@@ -56,29 +63,49 @@ fn check(name: &str, samples: Vec<u64>) -> f64 {
         assert_eq!(p.quantile(CallbackKind::RECEIVE, q), got);
     }
     // p100 is the exact max, p(1/n) the exact min.
-    assert_eq!(p.quantile(CallbackKind::RECEIVE, 1.0), sorted[sorted.len() - 1]);
-    eprintln!("{name}: worst percentile error {:.3}% (bound {:.3}%)", worst * 100.0, RELATIVE_ERROR * 100.0);
+    assert_eq!(
+        p.quantile(CallbackKind::RECEIVE, 1.0),
+        sorted[sorted.len() - 1]
+    );
+    eprintln!(
+        "{name}: worst percentile error {:.3}% (bound {:.3}%)",
+        worst * 100.0,
+        RELATIVE_ERROR * 100.0
+    );
     worst
 }
 
 #[test]
 fn uniform() {
     let mut r = Rng(1);
-    check("uniform 1..1e6", (0..200_000).map(|_| 1 + r.next() % 1_000_000).collect());
+    check(
+        "uniform 1..1e6",
+        (0..200_000).map(|_| 1 + r.next() % 1_000_000).collect(),
+    );
 }
 
 #[test]
 fn exponential() {
     let mut r = Rng(2);
     // mean 10 us
-    check("exponential", (0..200_000).map(|_| (-r.unit().ln() * 10_000.0) as u64).collect());
+    check(
+        "exponential",
+        (0..200_000)
+            .map(|_| (-r.unit().ln() * 10_000.0) as u64)
+            .collect(),
+    );
 }
 
 #[test]
 fn log_normal_heavy_tail() {
     let mut r = Rng(3);
     // median ~ 5 us, sigma 1.5: spans ns to tens of ms
-    check("log-normal", (0..200_000).map(|_| (5_000.0 * (1.5 * r.normal()).exp()) as u64).collect());
+    check(
+        "log-normal",
+        (0..200_000)
+            .map(|_| (5_000.0 * (1.5 * r.normal()).exp()) as u64)
+            .collect(),
+    );
 }
 
 #[test]
@@ -114,6 +141,8 @@ fn constant_and_tiny_values_are_exact() {
 fn empty_kind_reports_zeros() {
     let p = Profiler::new();
     let r = p.report();
-    let c = r.callback("ping").map(|c| (c.count, c.min_ns, c.max_ns, c.avg_ns, c.p99_ns, c.last_ns));
+    let c = r
+        .callback("ping")
+        .map(|c| (c.count, c.min_ns, c.max_ns, c.avg_ns, c.p99_ns, c.last_ns));
     assert_eq!(c, Some((0, 0, 0, 0, 0, 0)));
 }
