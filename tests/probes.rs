@@ -1,1 +1,216 @@
+//! The kernel probes, for real, as root: events arrive with the right contents.
+use std::{collections::BTreeMap, time::Duration};
 
+use ws_abi::{NET_RX_SOFTIRQ, ProbeKind};
+use ws_tests::{loopback_echo, monotonic_ns, require_for_test};
+use ws_trace::{
+    attach::Session,
+    decode::Event,
+    probes::{LoadOptions, ProbeError, Probes},
+};
+
+const ROUNDS: usize = 2000;
+const SIZE: usize = 1000;
+
+/// Drains the session until nothing arrived for a while.
+fn drain(session: &mut Session, events: &mut Vec<Event>) {
+    let mut idle = 0;
+    while idle < 3 {
+        let n = session
+            .pump(Duration::from_millis(50), |e| events.push(*e))
+            .expect("ring read");
+        idle = if n == 0 { idle + 1 } else { 0 };
+    }
+}
+
+/// The events of `at`'s CPU around it, for failure messages.
+fn context(events: &[Event], at: &ws_abi::EventHeader) -> String {
+    let cpu: Vec<&Event> = events.iter().filter(|e| e.header().cpu == at.cpu).collect();
+    let i = cpu.iter().position(|e| e.header() == at).unwrap_or(0);
+    cpu[i.saturating_sub(8)..(i + 8).min(cpu.len())]
+        .iter()
+        .map(|e| {
+            let h = e.header();
+            let mark = if h == at { ">>" } else { "  " };
+            format!("{mark} {} {:?} tid={}", h.ts_ns, e.kind(), h.tid)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn net_rx_events_arrive_in_order_with_plausible_contents() {
+    if !require_for_test("net_rx_events_arrive_in_order_with_plausible_contents") {
+        return;
+    }
+    let mut session = Session::start(&LoadOptions::default(), &ProbeKind::ALL).expect("attach");
+    let t0 = monotonic_ns();
+    let mut events = Vec::new();
+    let traffic = std::thread::spawn(|| loopback_echo(ROUNDS, SIZE));
+    while !traffic.is_finished() {
+        session
+            .pump(Duration::from_millis(20), |e| events.push(*e))
+            .expect("ring read");
+    }
+    let echoed = traffic
+        .join()
+        .expect("traffic thread")
+        .expect("loopback echo");
+    assert_eq!(echoed, (ROUNDS * SIZE) as u64);
+    drain(&mut session, &mut events);
+    let t1 = monotonic_ns();
+    let summary = session.summary().expect("summary");
+    assert_eq!(summary.total_drops(), 0, "{summary}");
+    assert_eq!(summary.decode_errors, 0);
+
+    // Every timestamp lies inside the test window (events from before the attach would
+    // be a stale ring; later ones a clock mix-up).
+    let before = t0.saturating_sub(Duration::from_secs(1).as_nanos() as u64);
+    for e in &events {
+        let ts = e.header().ts_ns;
+        assert!(
+            ts >= before && ts <= t1,
+            "ts {ts} outside [{before}, {t1}]: {e:?}"
+        );
+    }
+
+    // Per CPU, ring order is time order.
+    let mut last: BTreeMap<u16, u64> = BTreeMap::new();
+    for e in &events {
+        let h = e.header();
+        let prev = last.insert(h.cpu, h.ts_ns).unwrap_or(0);
+        assert!(
+            h.ts_ns >= prev,
+            "cpu {} went back in time: {prev} -> {}",
+            h.cpu,
+            h.ts_ns
+        );
+    }
+
+    // Our data segments: IPv4 + TCP (20..60 bytes of headers) + SIZE, on lo (ifindex 1),
+    // both directions. Every length is plausible for an IP packet.
+    let mut data_segments = 0;
+    for e in &events {
+        if let Event::Skb(s) = e {
+            assert!(
+                (20..=(1 << 18)).contains(&s.len),
+                "implausible skb len {}",
+                s.len
+            );
+            assert_ne!(s.skb, 0);
+            if s.ifindex == 1 && (SIZE as u32 + 40..=SIZE as u32 + 60).contains(&s.len) {
+                data_segments += 1;
+            }
+        }
+    }
+    assert!(
+        data_segments >= 2 * ROUNDS,
+        "saw {data_segments} loopback data segments of our size, expected >= {}",
+        2 * ROUNDS
+    );
+
+    // Softirq structure: per CPU, entries and exits alternate, and every loopback packet
+    // is received inside a NET_RX softirq on its CPU.
+    let mut inside: BTreeMap<u16, Option<bool>> = BTreeMap::new();
+    let mut skb_inside = 0;
+    for e in &events {
+        let h = e.header();
+        let state = inside.entry(h.cpu).or_insert(None);
+        match (e, e.kind()) {
+            (Event::Softirq(s), kind) => {
+                assert_eq!(s.vec, NET_RX_SOFTIRQ);
+                match kind {
+                    ProbeKind::SoftirqEntry => {
+                        assert_ne!(
+                            *state,
+                            Some(true),
+                            "two entries without an exit on cpu {}:\n{}",
+                            h.cpu,
+                            context(&events, h)
+                        );
+                        *state = Some(true);
+                    }
+                    ProbeKind::SoftirqExit => {
+                        assert_ne!(
+                            *state,
+                            Some(false),
+                            "two exits without an entry on cpu {}:\n{}",
+                            h.cpu,
+                            context(&events, h)
+                        );
+                        *state = Some(false);
+                    }
+                    _ => {}
+                }
+            }
+            (Event::Skb(s), _) if s.ifindex == 1 => {
+                // Before the first softirq event on this CPU we cannot tell.
+                if let Some(inside_now) = *state {
+                    assert!(
+                        inside_now,
+                        "loopback skb outside NET_RX softirq on cpu {}:\n{}",
+                        h.cpu,
+                        context(&events, h)
+                    );
+                    skb_inside += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        skb_inside >= ROUNDS,
+        "only {skb_inside} skbs checked against softirq state"
+    );
+
+    // Every attached probe saw events, and the kernel ran each program at least as often.
+    for p in &summary.probes {
+        assert!(p.events > 0, "no events from {}", p.probe);
+        assert!(
+            p.runs >= p.events,
+            "{} ran {} times but sent {}",
+            p.probe,
+            p.runs,
+            p.events
+        );
+    }
+}
+
+#[test]
+fn a_full_ring_counts_its_drops() {
+    if !require_for_test("a_full_ring_counts_its_drops") {
+        return;
+    }
+    let load = LoadOptions {
+        ring_bytes: 4096,
+        ..LoadOptions::default()
+    };
+    let mut session = Session::start(&load, &[ProbeKind::NetifReceiveSkb]).expect("attach");
+    // Nobody reads while the traffic runs: a 4 KiB ring holds ~100 records.
+    loopback_echo(500, 100).expect("loopback echo");
+    let mut events = Vec::new();
+    drain(&mut session, &mut events);
+    let s = session.summary().expect("summary");
+    let p = &s.probes[0];
+    assert!(
+        p.drops > 0,
+        "a 4 KiB ring under 1000+ packets dropped nothing: {s}"
+    );
+    assert_eq!(p.events, events.len() as u64);
+    assert!(p.events + p.drops <= p.runs, "{s}");
+    assert!(s.to_string().contains("DROPPED"), "{s}");
+}
+
+#[test]
+fn bad_ring_sizes_are_refused_before_loading() {
+    for bytes in [0, 1000, 4097, 3 << 12] {
+        let load = LoadOptions {
+            ring_bytes: bytes,
+            ..LoadOptions::default()
+        };
+        assert!(
+            matches!(Probes::load(&load), Err(ProbeError::RingSize(b)) if b == bytes),
+            "ring size {bytes} accepted"
+        );
+    }
+}

@@ -181,11 +181,11 @@ pub fn run(
             break;
         }
         session.pump(Duration::from_millis(100), |_| {})?;
-        if let (Some(at), Some(every)) = (next_refresh, opts.refresh) {
-            if Instant::now() >= at {
-                on_refresh(&session.summary()?);
-                next_refresh = Some(at + every);
-            }
+        if let (Some(at), Some(every)) = (next_refresh, opts.refresh)
+            && Instant::now() >= at
+        {
+            on_refresh(&session.summary()?);
+            next_refresh = Some(at + every);
         }
     }
     // Whatever is still in the ring belongs to the session.

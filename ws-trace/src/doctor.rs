@@ -470,17 +470,17 @@ fn so_timestamping() -> Result<String, String> {
         recvmsg::<SockaddrStorage>(rx.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
             .map_err(|e| format!("recvmsg: {e}"))?;
     for c in msg.cmsgs().map_err(|e| e.to_string())? {
-        if let ControlMessageOwned::ScmTimestampsns(ts) = c {
-            if ts.system.tv_sec() != 0 {
-                return Ok(format!(
-                    "software receive stamps on loopback (CLOCK_REALTIME); hardware stamp {}",
-                    if ts.hw_raw.tv_sec() != 0 {
-                        "present"
-                    } else {
-                        "absent"
-                    }
-                ));
-            }
+        if let ControlMessageOwned::ScmTimestampsns(ts) = c
+            && ts.system.tv_sec() != 0
+        {
+            let hw = if ts.hw_raw.tv_sec() != 0 {
+                "present"
+            } else {
+                "absent"
+            };
+            return Ok(format!(
+                "software receive stamps on loopback (CLOCK_REALTIME); hardware stamp {hw}"
+            ));
         }
     }
     Err("recvmsg carried no software receive stamp".into())

@@ -117,7 +117,7 @@ fn run() -> anyhow::Result<ExitCode> {
             );
             let summary = attach::run(&opts, &ProbeKind::ALL, &stop, |s| {
                 // Redraw the table in place on a terminal.
-                eprint!("\x1b[2J\x1b[H{s}\n");
+                eprintln!("\x1b[2J\x1b[H{s}");
             })
             .context("attach session")?;
             if json {

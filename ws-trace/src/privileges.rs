@@ -89,6 +89,22 @@ pub fn require_tracing() -> Result<Privileges, PrivilegeError> {
     Ok(p)
 }
 
+/// For test harnesses: whether a test that needs BPF privileges can run here.
+///
+/// With privileges: `true`. Without: under CI (`CI=true`) this panics, because a test that
+/// cannot run there must fail, not pass silently; elsewhere it prints why the test is
+/// skipped and returns `false`.
+pub fn require_for_test(test: &str) -> bool {
+    let reason = match require_tracing() {
+        Ok(_) => return true,
+        Err(e) => e.to_string(),
+    };
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(!ci, "{test}: cannot run under CI: {reason}");
+    eprintln!("skipped {test}: {reason}");
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,1 +1,115 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup|build|test|demo|bench`.
+//!
+//! Every task prints what it runs and how long it took. `setup` installs only what is
+//! missing and is quick when nothing is.
+mod bench;
+mod setup;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// ws-trace's project tasks.
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks: Debian packages, nightly rust-src, bpf-linker, Python peers.
+    Setup,
+    /// Build everything, probes included (release).
+    Build,
+    /// Setup, then fmt --check, clippy -D warnings, and every test (root-only probe tests too).
+    Test,
+    /// Build, run `ws-trace doctor`, then a short traced session on self-made loopback traffic.
+    Demo {
+        /// Seconds to stay attached.
+        #[arg(long, default_value_t = 3.0)]
+        duration: f64,
+    },
+    /// Benchmarks: engine, profiler (see docs).
+    Bench {
+        /// Which benchmark.
+        #[arg(value_enum)]
+        which: bench::Which,
+        /// Also write the results as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<std::path::PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::run(),
+        Task::Build => build(),
+        Task::Test => test(),
+        Task::Demo { duration } => demo(duration),
+        Task::Bench { which, json } => bench::run(which, json.as_deref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build() -> anyhow::Result<()> {
+    setup::run()?;
+    util::cargo(&[
+        "build",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "ws-ebpf",
+        "--all-targets",
+    ])
+}
+
+fn test() -> anyhow::Result<()> {
+    setup::run()?;
+    util::cargo(&["fmt", "--all", "--", "--check"])?;
+    // The probes are checked for their own target by clippy_probes.
+    util::cargo(&[
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "ws-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    util::clippy_probes()?;
+    util::cargo(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "ws-ebpf",
+        "--no-fail-fast",
+    ])
+}
+
+fn demo(duration: f64) -> anyhow::Result<()> {
+    setup::run()?;
+    util::cargo(&["build", "--release", "-p", "ws-trace"])?;
+    let ws_trace = util::target_dir()?.join("release/ws-trace");
+    util::run(std::process::Command::new(&ws_trace).arg("doctor"))?;
+    println!("\n== ws-trace attach --duration {duration} on loopback traffic made by xtask");
+    let mut child = std::process::Command::new(&ws_trace)
+        .args(["attach", "--duration", &duration.to_string()])
+        .spawn()?;
+    let traffic = util::loopback_traffic(std::time::Duration::from_secs_f64(duration + 0.5));
+    let status = child.wait()?;
+    let sent = traffic?;
+    println!("xtask: generated {sent} loopback round trips while attached");
+    anyhow::ensure!(status.success(), "ws-trace attach failed: {status}");
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! The `ws-trace` binary as a user runs it (as root, for real).
+use std::{
+    collections::BTreeSet,
+    process::{Command, Stdio},
+    sync::Mutex,
+    thread,
+    time::{Duration, Instant},
+};
+
+use ws_abi::ProbeKind;
+use ws_trace::privileges::require_for_test;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ws-trace");
+
+/// Tests that look at the kernel's list of loaded programs must not overlap.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Ids of loaded BPF programs whose name is one of our probes' (the kernel keeps 15 chars).
+fn our_program_ids() -> BTreeSet<u32> {
+    let names: Vec<String> = ProbeKind::ALL
+        .iter()
+        .map(|k| k.program().chars().take(15).collect())
+        .collect();
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| {
+            p.name_as_str()
+                .is_some_and(|n| names.iter().any(|m| m == n))
+        })
+        .map(|p| p.id())
+        .collect()
+}
+
+#[test]
+fn doctor_json_is_valid_and_reports_hooks() {
+    if !require_for_test("doctor_json_is_valid_and_reports_hooks") {
+        return;
+    }
+    let out = Command::new(BIN)
+        .args(["doctor", "--json"])
+        .output()
+        .expect("run doctor");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(&text).expect("doctor --json is JSON");
+    assert_eq!(v["ok"], true, "{text}");
+    assert!(out.status.success());
+    let checks = v["checks"].as_array().expect("checks array");
+    let get = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} check in {text}"))
+    };
+    for required in [
+        "btf",
+        "privileges",
+        "bpf",
+        "hook.tp_btf",
+        "hook.uprobe",
+        "hook.perf_event",
+    ] {
+        assert_eq!(get(required)["status"], "ok", "{required}: {text}");
+    }
+    // Every hook check says either how often it fired or what the kernel answered.
+    for hook in [
+        "hook.tracepoint",
+        "hook.tp_btf",
+        "hook.raw_tracepoint",
+        "hook.uprobe",
+        "hook.perf_event",
+        "hook.fentry",
+    ] {
+        let c = get(hook);
+        let detail = c["detail"].as_str().unwrap_or_default();
+        match c["status"].as_str() {
+            Some("ok") => assert!(detail.contains("fired"), "{hook}: {detail}"),
+            _ => assert!(
+                !detail.is_empty(),
+                "{hook} failed without the kernel's error"
+            ),
+        }
+    }
+    for c in ["kernel", "tracefs", "ktls", "clock", "so_timestamping"] {
+        get(c);
+    }
+}
+
+#[test]
+fn attach_counts_events_and_exits_cleanly() {
+    if !require_for_test("attach_counts_events_and_exits_cleanly") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let before = our_program_ids();
+    let child = Command::new(BIN)
+        .args(["attach", "--duration", "1.5", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn attach");
+    let ids = wait_for_new_probes(&before);
+    ws_tests_traffic();
+    let out = child.wait_with_output().expect("attach output");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("attach --json is JSON");
+    let probes = v["probes"].as_array().expect("probes");
+    assert_eq!(probes.len(), ProbeKind::ALL.len());
+    for p in probes {
+        assert!(p["events"].as_u64().unwrap_or(0) > 0, "no events: {p}");
+        assert_eq!(p["drops"], 0, "{p}");
+    }
+    assert_unloaded(&ids, "a timed attach");
+}
+
+/// A few hundred loopback round trips (the CLI test has no engine yet).
+fn ws_tests_traffic() {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut c =
+        std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (mut s, _) = listener.accept().expect("accept");
+    let mut buf = [0u8; 256];
+    for _ in 0..300 {
+        c.write_all(&buf).expect("write");
+        s.read_exact(&mut buf).expect("read");
+    }
+}
+
+/// Waits until a full set of our probes that were not loaded `before` is loaded; returns
+/// their ids.
+fn wait_for_new_probes(before: &BTreeSet<u32>) -> BTreeSet<u32> {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ids: BTreeSet<u32> = our_program_ids().difference(before).copied().collect();
+        if ids.len() >= ProbeKind::ALL.len() || Instant::now() > until {
+            assert_eq!(
+                ids.len(),
+                ProbeKind::ALL.len(),
+                "attach did not load its probes"
+            );
+            return ids;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asserts that none of `ids` is loaded any more. The kernel frees a program shortly
+/// after its last fd closes (after an RCU grace period), so this waits up to 5 s.
+fn assert_unloaded(ids: &BTreeSet<u32>, after: &str) {
+    let until = Instant::now() + Duration::from_secs(5);
+    while !our_program_ids().is_disjoint(ids) && Instant::now() < until {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let left: Vec<u32> = our_program_ids().intersection(ids).copied().collect();
+    assert!(
+        left.is_empty(),
+        "programs {left:?} still loaded after {after}"
+    );
+}
+
+fn signal_leaves_nothing_loaded(signal: nix::sys::signal::Signal) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let before = our_program_ids();
+    let mut child = Command::new(BIN)
+        .args(["attach"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn attach");
+    let ids = wait_for_new_probes(&before);
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, signal).expect("signal ws-trace");
+    let status = child.wait().expect("wait");
+    if signal == nix::sys::signal::Signal::SIGINT {
+        assert!(
+            status.success(),
+            "Ctrl-C should end attach with exit 0, got {status}"
+        );
+    }
+    assert_unloaded(&ids, signal.as_str());
+}
+
+#[test]
+fn sigint_detaches_every_probe() {
+    if require_for_test("sigint_detaches_every_probe") {
+        signal_leaves_nothing_loaded(nix::sys::signal::Signal::SIGINT);
+    }
+}
+
+#[test]
+fn sigkill_detaches_every_probe() {
+    if require_for_test("sigkill_detaches_every_probe") {
+        signal_leaves_nothing_loaded(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+#[test]
+fn without_privileges_attach_says_what_to_do() {
+    // Needs root to drop to an unprivileged user in the first place.
+    if !require_for_test("without_privileges_attach_says_what_to_do") {
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ])
+        .args([BIN, "attach", "--duration", "1"])
+        .output()
+        .expect("run setpriv (util-linux)");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sudo") && err.contains("CAP_BPF+CAP_PERFMON"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
