@@ -10,7 +10,7 @@
 use serde::Serialize;
 use std::hint::black_box;
 use std::sync::{Arc, Barrier};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use ws_profiler::{CallbackKind, ClockSource, Profiler};
 
 #[derive(Serialize)]
@@ -138,8 +138,11 @@ fn empty_loop(iters: u64) -> Cost {
 }
 
 /// Two threads at once on the same kind of the same profiler; mean of their ns/span.
+/// Also prints how parallel the two really ran: the sum of their CPU times over the wall
+/// span they covered together (2.0 = truly simultaneous, 1.0 = taking turns on one core).
 fn two_threads(p: &Profiler, iters: u64) -> Cost {
     let barrier = Arc::new(Barrier::new(2));
+    let origin = Instant::now();
     let hs: Vec<_> = (0..2)
         .map(|_| {
             let p = p.clone();
@@ -147,7 +150,9 @@ fn two_threads(p: &Profiler, iters: u64) -> Cost {
             std::thread::spawn(move || {
                 spans(&p, CallbackKind::RECEIVE, 10_000);
                 b.wait();
-                spans(&p, CallbackKind::RECEIVE, iters)
+                let from = origin.elapsed();
+                let c = spans(&p, CallbackKind::RECEIVE, iters);
+                (c, from, origin.elapsed())
             })
         })
         .collect();
@@ -156,24 +161,39 @@ fn two_threads(p: &Profiler, iters: u64) -> Cost {
         wall: 0.0,
     };
     let mut n = 0.0;
+    let (mut first, mut last) = (Duration::MAX, Duration::ZERO);
     for h in hs {
-        if let Ok(v) = h.join() {
+        if let Ok((v, from, to)) = h.join() {
             sum.cpu += v.cpu;
             sum.wall += v.wall;
             n += 1.0;
+            first = first.min(from);
+            last = last.max(to);
         }
     }
-    if n > 0.0 {
-        Cost {
-            cpu: sum.cpu / n,
-            wall: sum.wall / n,
-        }
-    } else {
-        Cost {
+    if n == 0.0 {
+        return Cost {
             cpu: f64::NAN,
             wall: f64::NAN,
-        }
+        };
     }
+    let span = last.saturating_sub(first).as_nanos() as f64;
+    if span > 0.0 {
+        PARALLELISM.with(|v| v.borrow_mut().push(sum.cpu * iters as f64 / span));
+    }
+    Cost {
+        cpu: sum.cpu / n,
+        wall: sum.wall / n,
+    }
+}
+
+thread_local! {
+    static PARALLELISM: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Median parallelism of the two-thread rounds since the last call.
+fn take_parallelism() -> f64 {
+    median(PARALLELISM.with(|v| std::mem::take(&mut *v.borrow_mut())))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -224,6 +244,11 @@ fn main() -> Result<(), String> {
     let two = run("start+stop, 2 threads, same kind", rounds, || {
         two_threads(&p, iters)
     });
+    let par = take_parallelism();
+    println!(
+        "{:<44} {par:.2} (2.00 = both threads on a core all the time)",
+        "  two-thread parallelism, median"
+    );
     let off = build(Profiler::builder().enabled(false))?;
     let disabled = run("start+stop, profiler disabled", rounds, || {
         spans(&off, CallbackKind::RECEIVE, iters)
@@ -242,6 +267,8 @@ fn main() -> Result<(), String> {
         rounds,
         || two_threads(&shared, iters),
     );
+    let par_shared = take_parallelism();
+    println!("{:<44} {par_shared:.2}", "  two-thread parallelism, median");
     let conns = build(Profiler::builder().connections(1024))?;
     run("start_conn+stop, 1 thread, 64 connections", rounds, || {
         conn_spans(&conns, CallbackKind::RECEIVE, iters)

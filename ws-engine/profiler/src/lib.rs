@@ -398,8 +398,28 @@ pub struct Span<'a> {
 impl Span<'_> {
     /// Stop now and record `bytes` for this invocation.
     #[inline(always)]
-    pub fn stop(mut self, bytes: u64) {
-        self.bytes = bytes;
+    pub fn stop(self, bytes: u64) {
+        // Finish inline instead of through the (not always inlined) drop glue, so a
+        // disabled span costs a branch here, not a call.
+        let mut s = std::mem::ManuallyDrop::new(self);
+        s.bytes = bytes;
+        s.finish();
+    }
+
+    #[inline(always)]
+    fn finish(&mut self) {
+        if self.state == OFF {
+            return;
+        }
+        let inner = &self.p.inner;
+        let t1 = inner.clock.ticks();
+        let ns = inner.clock.delta_ns(t1.saturating_sub(self.t0));
+        inner.commit(self.kind as usize, ns, self.bytes, t1);
+        if self.state == ON_CONN
+            && let Some(t) = &inner.conns
+        {
+            t.record(self.conn, self.kind as usize, ns, self.bytes, t1);
+        }
     }
 
     /// Set the bytes to record when the span ends.
@@ -428,18 +448,7 @@ impl Span<'_> {
 impl Drop for Span<'_> {
     #[inline(always)]
     fn drop(&mut self) {
-        if self.state == OFF {
-            return;
-        }
-        let inner = &self.p.inner;
-        let t1 = inner.clock.ticks();
-        let ns = inner.clock.delta_ns(t1.saturating_sub(self.t0));
-        inner.commit(self.kind as usize, ns, self.bytes, t1);
-        if self.state == ON_CONN
-            && let Some(t) = &inner.conns
-        {
-            t.record(self.conn, self.kind as usize, ns, self.bytes, t1);
-        }
+        self.finish();
     }
 }
 
