@@ -127,6 +127,16 @@ fn records(p: &Profiler, kind: CallbackKind, iters: u64) -> Cost {
     })
 }
 
+/// ns per `tick` that finds the window not yet due.
+#[inline(never)]
+fn ticks(p: &Profiler, iters: u64) -> Cost {
+    timed(iters, || {
+        for _ in 0..iters {
+            black_box(black_box(p).tick());
+        }
+    })
+}
+
 /// The loop alone, for reference.
 #[inline(never)]
 fn empty_loop(iters: u64) -> Cost {
@@ -275,6 +285,10 @@ fn main() -> Result<(), String> {
     });
     run("record(kind, ns, bytes), 1 thread", rounds, || {
         records(&p, CallbackKind::PING, iters)
+    });
+    let windowed = build(Profiler::builder().windows(4, Duration::from_secs(3600)))?;
+    run("tick() before the window is due", rounds, || {
+        ticks(&windowed, iters)
     });
     println!(
         "(connections tracked by the start_conn run: {})",

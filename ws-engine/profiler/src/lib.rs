@@ -206,6 +206,8 @@ impl Control {
 
 struct Windows {
     len_ns: u64,
+    /// When the current window is due to close: `tick` returns at once before that.
+    due_ns: AtomicU64,
     state: Mutex<WindowState>,
     rules: Mutex<Vec<(AlertRule, AlertHook)>>,
 }
@@ -493,8 +495,10 @@ impl Profiler {
                 .map(|s| s.to_string())
                 .collect(),
         };
+        let len_ns = u64::try_from(b.window_len.as_nanos()).unwrap_or(u64::MAX);
         let windows = (b.windows > 0).then(|| Windows {
-            len_ns: u64::try_from(b.window_len.as_nanos()).unwrap_or(u64::MAX),
+            len_ns,
+            due_ns: AtomicU64::new(now_ns.saturating_add(len_ns)),
             state: Mutex::new(WindowState::new(now_ns, b.max_kinds, b.windows)),
             rules: Mutex::new(Vec::new()),
         });
@@ -699,7 +703,9 @@ impl Profiler {
         let now = self.inner.clock.ticks();
         self.inner.start_ticks.store(now, Relaxed);
         if let Some(w) = &self.inner.windows {
-            lock(&w.state).reset(self.inner.clock.ticks_to_ns(now));
+            let now_ns = self.inner.clock.ticks_to_ns(now);
+            lock(&w.state).reset(now_ns);
+            w.due_ns.store(now_ns.saturating_add(w.len_ns), Relaxed);
         }
     }
 
@@ -724,6 +730,9 @@ impl Profiler {
             return false;
         };
         let now = self.inner.now_ns();
+        if now < w.due_ns.load(Relaxed) {
+            return false;
+        }
         let mut st = match w.state.try_lock() {
             Ok(g) => g,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
@@ -753,6 +762,9 @@ impl Profiler {
     }
 
     fn close_window(&self, st: &mut WindowState, now: u64) -> Vec<(Alert, AlertHook)> {
+        if let Some(w) = &self.inner.windows {
+            w.due_ns.store(now.saturating_add(w.len_ns), Relaxed);
+        }
         let names = lock(&self.inner.control).names.clone();
         let kinds = names.len();
         let cur: Vec<Cumulative> = (0..kinds).map(|k| self.inner.cumulative(k)).collect();
