@@ -101,9 +101,9 @@ fn demo(duration: f64) -> anyhow::Result<()> {
     setup::run()?;
     util::cargo(&["build", "--release", "-p", "ws-trace"])?;
     let ws_trace = util::target_dir()?.join("release/ws-trace");
-    util::run(std::process::Command::new(&ws_trace).arg("doctor"))?;
+    util::run(util::privileged(&ws_trace).arg("doctor"))?;
     println!("\n== ws-trace attach --duration {duration} on loopback traffic made by xtask");
-    let mut child = std::process::Command::new(&ws_trace)
+    let mut child = util::privileged(&ws_trace)
         .args(["attach", "--duration", &duration.to_string()])
         .spawn()?;
     let traffic = util::loopback_traffic(std::time::Duration::from_secs_f64(duration + 0.5));

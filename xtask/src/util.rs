@@ -42,6 +42,17 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
     run(Command::new(cargo).args(args).current_dir(root()))
 }
 
+/// A command running `program` as root: directly when we are root, else through sudo.
+pub fn privileged(program: &std::path::Path) -> Command {
+    if nix::unistd::geteuid().is_root() {
+        Command::new(program)
+    } else {
+        let mut cmd = Command::new("sudo");
+        cmd.arg(program);
+        cmd
+    }
+}
+
 /// A command for the nightly toolchain, free of the outer cargo's toolchain variables.
 pub fn nightly(tool: &str) -> Command {
     let mut cmd = Command::new("rustup");
