@@ -637,22 +637,19 @@ impl Conn {
 
     /// Checks the idle and close timers; `Done` if the connection ended.
     pub fn check_timers(&mut self, now_ns: u64) -> Status {
-        if let Some(d) = self.close_deadline_ns {
-            if now_ns >= d {
-                match self.state {
-                    State::Closing => {
-                        self.error = Some(ConnError::CloseTimeout(self.close_timeout));
-                    }
-                    State::Open | State::Closed | State::Failing => {}
-                }
-                return Status::Done;
+        if let Some(d) = self.close_deadline_ns
+            && now_ns >= d
+        {
+            if self.state == State::Closing {
+                self.error = Some(ConnError::CloseTimeout(self.close_timeout));
             }
+            return Status::Done;
         }
-        if let (Some(idle), State::Open) = (self.idle_ns, self.state) {
-            if now_ns.saturating_sub(self.last_rx_ns) >= idle {
-                self.error = Some(ConnError::Stalled(Duration::from_nanos(idle)));
-                return Status::Done;
-            }
+        if let (Some(idle), State::Open) = (self.idle_ns, self.state)
+            && now_ns.saturating_sub(self.last_rx_ns) >= idle
+        {
+            self.error = Some(ConnError::Stalled(Duration::from_nanos(idle)));
+            return Status::Done;
         }
         Status::Alive
     }
@@ -700,10 +697,10 @@ impl Conn {
             } = self;
             let err = match dec.decode(ring.readable_mut()) {
                 Ok(Decoded::NeedMore { total }) => {
-                    if total > cap {
-                        if let Err(e) = self.ring.grow(total) {
-                            self.error = Some(ConnError::Ring(e));
-                        }
+                    if total > cap
+                        && let Err(e) = self.ring.grow(total)
+                    {
+                        self.error = Some(ConnError::Ring(e));
                     }
                     return;
                 }

@@ -351,10 +351,10 @@ impl ClientHandshake {
             }
             _ => return Err(HandshakeError::BadHeader("Sec-WebSocket-Accept")),
         }
-        if let Some(ext) = get("sec-websocket-extensions").first() {
-            if !ext.is_empty() {
-                return Err(HandshakeError::UnexpectedExtension(ext.to_string()));
-            }
+        if let Some(ext) = get("sec-websocket-extensions").first()
+            && !ext.is_empty()
+        {
+            return Err(HandshakeError::UnexpectedExtension(ext.to_string()));
         }
         let subprotocol = match get("sec-websocket-protocol").as_slice() {
             [] => None,

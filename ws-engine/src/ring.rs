@@ -61,7 +61,7 @@ impl MirroredRing {
 
     /// Creates a ring of `capacity` bytes (a power of two, a multiple of the page size).
     pub fn new(capacity: usize) -> Result<MirroredRing, RingError> {
-        if !capacity.is_power_of_two() || capacity % page_size() != 0 {
+        if !capacity.is_power_of_two() || !capacity.is_multiple_of(page_size()) {
             return Err(RingError::BadCapacity(capacity));
         }
         let name = c"ws-engine-ring";

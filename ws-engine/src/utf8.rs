@@ -63,11 +63,11 @@ impl Utf8Stream {
                 self.partial_len += 1;
                 data = rest;
                 // Fail fast on a prefix that can never complete.
-                if let Err(e) = std::str::from_utf8(&self.partial[..self.partial_len]) {
-                    if e.error_len().is_some() {
-                        self.partial_len = 0;
-                        return Err(Utf8Error::Invalid);
-                    }
+                if let Err(e) = std::str::from_utf8(&self.partial[..self.partial_len])
+                    && e.error_len().is_some()
+                {
+                    self.partial_len = 0;
+                    return Err(Utf8Error::Invalid);
                 }
             }
             if self.partial_len < need {

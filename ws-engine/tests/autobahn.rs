@@ -82,10 +82,10 @@ fn autobahn_sections_1_to_10() {
     let index_path = out.join("index.json");
     let deadline = Instant::now() + Duration::from_secs(60);
     let index = loop {
-        if let Ok(s) = std::fs::read_to_string(&index_path) {
-            if serde_json::from_str::<serde_json::Value>(&s).is_ok() {
-                break s;
-            }
+        if let Ok(s) = std::fs::read_to_string(&index_path)
+            && serde_json::from_str::<serde_json::Value>(&s).is_ok()
+        {
+            break s;
         }
         assert!(
             Instant::now() < deadline,

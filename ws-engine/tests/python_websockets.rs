@@ -60,7 +60,7 @@ const N: usize = 1500;
 
 fn expected(i: usize) -> (MsgKind, Vec<u8>) {
     let size = SIZES[(i * 7) % SIZES.len()];
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         (MsgKind::Binary, vec![(i % 256) as u8; size])
     } else {
         let s = "é".repeat(size / 2) + &"a".repeat(size % 2);
