@@ -251,6 +251,14 @@ struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        // Anything this thread records from here on (e.g. from another thread-local's
+        // destructor) must not write into the slot being released: send it to the slow
+        // path, which finds the registry gone and uses the shared slot.
+        let _ = SLOT_CACHE.try_with(|c| {
+            if c.get().0 == self.id {
+                c.set((0, NO_SLOT));
+            }
+        });
         if self.slot == NO_SLOT {
             return;
         }
@@ -264,6 +272,12 @@ impl Drop for Registration {
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+// Compile-time guarantee that a profiler can be shared with every callback thread.
+const _: () = {
+    const fn shareable<T: Send + Sync + Clone + 'static>() {}
+    shareable::<Profiler>();
+};
 
 impl Inner {
     /// Find (or claim) this thread's slot and record into it.
