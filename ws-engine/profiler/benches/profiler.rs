@@ -290,6 +290,17 @@ fn main() -> Result<(), String> {
     run("tick() before the window is due", rounds, || {
         ticks(&windowed, iters)
     });
+    // Closing a window: 8 kinds with data, three slots in use (this thread and two more).
+    for k in CallbackKind::BUILTIN {
+        spans(&windowed, k, 1000);
+    }
+    two_threads(&windowed, 1000);
+    take_parallelism();
+    run("closing a window (8 kinds, 3 slots in use)", rounds, || {
+        timed(1, || {
+            black_box(windowed.close_window_now());
+        })
+    });
     println!(
         "(connections tracked by the start_conn run: {})",
         conns.tracked_connections()
