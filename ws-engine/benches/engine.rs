@@ -423,6 +423,15 @@ fn main() {
         "\nws-engine library overhead recv_end→callback (64 B, one message per read, {} msgs): p50 {p50} ns, p99 {p99} ns, max {max} ns (recv_end→parsed p50 {pp50} ns, p99 {pp99} ns)",
         recs.len()
     );
+    println!(
+        "{:<26} {:>8} {:>8} {:>8}",
+        "stage (ns)", "p50", "p99", "max"
+    );
+    for (i, name) in ws_engine::stamps::STAGES.iter().enumerate() {
+        let mut v: Vec<u64> = recs.iter().map(|r| r.stage_ns()[i]).collect();
+        let (a, b, c) = percentiles(&mut v);
+        println!("{name:<26} {a:>8} {b:>8} {c:>8}");
+    }
     if let Some(path) = json {
         let mut sizes = serde_json::Map::new();
         for (size, mr, _) in &results {
