@@ -363,6 +363,9 @@ impl Conn {
         clock: &Clock,
     ) -> Result<Conn, ConnError> {
         let hs = ClientHandshake::new(url, &cfg.handshake)?;
+        // Asking for the cookie makes the kernel assign it: before the first byte moves,
+        // so every kernel event of this socket carries the same key.
+        let cookie = sock_cookie(transport.fd());
         let cap = MirroredRing::round_capacity(cfg.ring_capacity.max(64 * 1024));
         let mut ring = MirroredRing::new(cap)?;
         let start = Clock::monotonic_now_ns();
@@ -431,7 +434,7 @@ impl Conn {
                 transport.fd().as_raw_fd()
             },
             conn_id: id.0,
-            sock_cookie: sock_cookie(transport.fd()),
+            sock_cookie: cookie,
             tls_path: transport.tls_path() as u8,
             ..Default::default()
         };
