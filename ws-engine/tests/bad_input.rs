@@ -36,7 +36,13 @@ fn peer_reset_mid_frame_is_reported() {
     srv.join().unwrap();
     assert!(c.msgs.is_empty());
     assert_eq!(c.errors.len(), 1, "{:?}", c.errors);
-    assert_eq!(c.errors[0].0, "Reset:104", "{}", c.errors[0].1);
+    // Normally the 104 bytes were read before the RST (pending 104); on a very loaded
+    // machine the RST can arrive first and the kernel drops the unread bytes.
+    assert!(
+        c.errors[0].0 == "Reset:104" || c.errors[0].0 == "Reset:0",
+        "{}",
+        c.errors[0].1
+    );
     assert!(c.errors[0].1.contains("reset by peer"));
     assert!(!c.closed[0].1.clean);
 }
