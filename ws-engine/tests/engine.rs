@@ -275,3 +275,46 @@ fn unanswered_close_times_out() {
     srv.join().unwrap();
     assert_eq!(h.errors[0].0, "CloseTimeout", "{:?}", h.errors);
 }
+
+#[test]
+fn full_socket_buffers_sends_and_drains() {
+    const N: usize = 8;
+    const SIZE: usize = 2 << 20;
+    let (url, srv) = serve_one(|mut s| {
+        accept(&mut s);
+        // Don't read for a while: the client's socket buffer fills up.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut r = ClientReader::default();
+        for i in 0..N {
+            match r.next(&mut s) {
+                Some(OwnedEvent::Message(MsgKind::Binary, d)) => {
+                    assert_eq!(d.len(), SIZE);
+                    assert!(d.iter().all(|&b| b == i as u8));
+                }
+                other => panic!("message {i}: {other:?}"),
+            }
+        }
+        s.write_all(&frame(true, OpCode::Text, b"all received"))
+            .unwrap();
+        assert!(is_close(&r.next(&mut s), 1000));
+        s.write_all(&frame(true, OpCode::Close, b"\x03\xe8"))
+            .unwrap();
+    });
+    let mut el = EventLoop::new(LoopConfig::default()).unwrap();
+    let id = el.connect(&url, &ConnConfig::default()).unwrap();
+    for i in 0..N {
+        el.send_binary(id, &vec![i as u8; SIZE]).unwrap();
+    }
+    let queued = el.with_ctx(id, |c| c.buffered()).unwrap();
+    assert!(queued > 0, "16 MiB should not fit in the socket buffer");
+    let mut h = Collect {
+        close_after: Some(1),
+        ..Collect::default()
+    };
+    run_until_done(&mut el, &mut h);
+    srv.join().unwrap();
+    assert!(h.errors.is_empty(), "{:?}", h.errors);
+    assert_eq!(h.msgs, vec![(MsgKind::Text, b"all received".to_vec())]);
+    assert!(h.writable >= 1, "on_writable after the queue drained");
+    assert!(h.closed[0].1.clean);
+}

@@ -197,6 +197,7 @@ pub struct Collect {
     pub errors: Vec<(String, String)>,
     pub closed: Vec<(ConnId, CloseInfo)>,
     pub established: usize,
+    pub writable: usize,
     /// Echo every message back.
     pub echo: bool,
     /// Close after this many messages.
@@ -225,6 +226,9 @@ impl Handler for Collect {
     }
     fn on_ping(&mut self, _conn: &mut ConnCtx<'_>, payload: &[u8]) {
         self.pings.push(payload.to_vec());
+    }
+    fn on_writable(&mut self, _conn: &mut ConnCtx<'_>) {
+        self.writable += 1;
     }
     fn on_pong(&mut self, _conn: &mut ConnCtx<'_>, payload: &[u8]) {
         self.pongs.push(payload.to_vec());
