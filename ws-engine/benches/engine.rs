@@ -2,7 +2,7 @@
 //! the same run against the same loopback server, plus the engine's library overhead
 //! (recv_end → callback) from its own stamps.
 //!
-//! `cargo bench -p ws-engine --bench engine -- [--json FILE] [--runs N] [--quick]`
+//! `cargo bench -p ws-engine --bench engine -- [--json FILE] [--runs N] [--quick] [--size 64|16384]`
 //!
 //! The server thread answers the upgrade, waits for the client's "start" frame, then
 //! writes pre-encoded binary frames as fast as the socket takes them. Each client runs on
@@ -180,8 +180,18 @@ fn run_engine(
         ..LoopConfig::default()
     })
     .map_err(|e| e.to_string())?;
-    el.connect(&format!("ws://{addr}/"), &ConnConfig::default())
-        .map_err(|e| e.to_string())?;
+    let ring = std::env::var("BENCH_RING")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256 * 1024);
+    el.connect(
+        &format!("ws://{addr}/"),
+        &ConnConfig {
+            ring_capacity: ring,
+            ..ConnConfig::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
     let mut h = EngineCounter {
         n: 0,
         bad: 0,
@@ -322,6 +332,7 @@ fn main() {
     let mut json: Option<String> = None;
     let mut runs = 5usize;
     let mut quick = false;
+    let mut only: Option<usize> = None;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
@@ -334,6 +345,10 @@ fn main() {
                 i += 1;
             }
             "--quick" => quick = true,
+            "--size" => {
+                only = args.get(i + 1).and_then(|s| s.parse().ok());
+                i += 1;
+            }
             // cargo passes --bench; anything else is ignored too.
             _ => {}
         }
@@ -354,6 +369,9 @@ fn main() {
         (64usize, if quick { 200_000u64 } else { 1_000_000 }),
         (16384, if quick { 20_000 } else { 100_000 }),
     ] {
+        if only.is_some_and(|o| o != size) {
+            continue;
+        }
         let mut rate: [Vec<f64>; 3] = Default::default();
         let mut cpu: [Vec<f64>; 3] = Default::default();
         for run in 0..runs {
