@@ -4,11 +4,18 @@ use std::{collections::BTreeMap, time::Duration};
 use ws_abi::{NET_RX_SOFTIRQ, ProbeKind};
 use ws_tests::{loopback_echo, monotonic_ns, require_for_test};
 use ws_trace::{
-    attach::Session,
+    attach::{Plan, Session},
     decode::Event,
     probes::{LoadOptions, ProbeError, Probes},
 };
 
+/// The packet-path probes (unfiltered: the whole machine's NET_RX traffic).
+const NET_RX: [ProbeKind; 4] = [
+    ProbeKind::NetifReceiveSkb,
+    ProbeKind::SoftirqRaise,
+    ProbeKind::SoftirqEntry,
+    ProbeKind::SoftirqExit,
+];
 const ROUNDS: usize = 2000;
 const SIZE: usize = 1000;
 
@@ -17,7 +24,7 @@ fn drain(session: &mut Session, events: &mut Vec<Event>) {
     let mut idle = 0;
     while idle < 3 {
         let n = session
-            .pump(Duration::from_millis(50), |e| events.push(*e))
+            .pump(Duration::from_millis(50), |_, e| events.push(*e))
             .expect("ring read");
         idle = if n == 0 { idle + 1 } else { 0 };
     }
@@ -43,13 +50,17 @@ fn net_rx_events_arrive_in_order_with_plausible_contents() {
     if !require_for_test("net_rx_events_arrive_in_order_with_plausible_contents") {
         return;
     }
-    let mut session = Session::start(&LoadOptions::default(), &ProbeKind::ALL).expect("attach");
+    let mut session = Session::start(&Plan {
+        kinds: NET_RX.to_vec(),
+        ..Plan::default()
+    })
+    .expect("attach");
     let t0 = monotonic_ns();
     let mut events = Vec::new();
     let traffic = std::thread::spawn(|| loopback_echo(ROUNDS, SIZE));
     while !traffic.is_finished() {
         session
-            .pump(Duration::from_millis(20), |e| events.push(*e))
+            .pump(Duration::from_millis(20), |_, e| events.push(*e))
             .expect("ring read");
     }
     let echoed = traffic
@@ -185,7 +196,12 @@ fn a_full_ring_counts_its_drops() {
         ring_bytes: 4096,
         ..LoadOptions::default()
     };
-    let mut session = Session::start(&load, &[ProbeKind::NetifReceiveSkb]).expect("attach");
+    let mut session = Session::start(&Plan {
+        load,
+        kinds: vec![ProbeKind::NetifReceiveSkb],
+        ..Plan::default()
+    })
+    .expect("attach");
     // Nobody reads while the traffic runs: a 4 KiB ring holds ~100 records.
     loopback_echo(500, 100).expect("loopback echo");
     let mut events = Vec::new();

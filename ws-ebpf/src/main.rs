@@ -10,18 +10,26 @@
 #![no_main]
 
 use aya_ebpf::{
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::{btf_tracepoint, fentry, map, perf_event, raw_tracepoint, tracepoint, uprobe},
-    maps::{Array, PerCpuArray, RingBuf},
+    EbpfContext as _,
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user,
+    },
+    macros::{
+        btf_tracepoint, fentry, map, perf_event, raw_tracepoint, tracepoint, uprobe, uretprobe,
+    },
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{
         BtfTracePointContext, FEntryContext, PerfEventContext, ProbeContext, RawTracePointContext,
-        TracePointContext,
+        RetProbeContext, TracePointContext,
     },
 };
 use aya_log_ebpf::debug;
 use ws_abi::{
-    CONFIG_LOG, CONFIG_OFFSETS_VALID, EventHeader, NET_RX_SOFTIRQ, PROBE_COUNT, ProbeConfig,
-    ProbeKind, SkbEvent, SoftirqEvent,
+    CONFIG_FILTER_PORTS, CONFIG_FILTER_TGID, CONFIG_FOLLOW_FORKS, CONFIG_LEARN_PORTS, CONFIG_LOG,
+    CONFIG_OFFSETS_VALID, CallbackEvent, EventHeader, Flow, KernelOffsets, MAX_PORTS, MAX_TGIDS,
+    MsgProbe, NET_RX_SOFTIRQ, PROBE_COUNT, ProbeConfig, ProbeKind, RecvEvent, SchedEvent, SkbEvent,
+    SoftirqEvent, SyscallEvent, TcpEvent, UprobeEvent,
 };
 
 /// The one ring every probe writes to. User space may resize it at load time.
@@ -36,13 +44,28 @@ static CONFIG: Array<ProbeConfig> = Array::with_max_entries(1, 0);
 #[map]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROBE_COUNT as u32, 0);
 
+/// Processes whose threads the task-context probes keep (with `CONFIG_FILTER_TGID`).
+#[map]
+static TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TGIDS, 0);
+
+/// Local ports whose packets and segments the network probes keep (with
+/// `CONFIG_FILTER_PORTS`); user space fills it, and so do reads of traced processes
+/// (with `CONFIG_LEARN_PORTS`).
+#[map]
+static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+
 /// Per doctor hook type: how often its program ran.
 #[map]
 static DOCTOR_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(8, 0);
 
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
 #[inline(always)]
 fn config() -> Option<&'static ProbeConfig> {
-    CONFIG.get(0)
+    let cfg = CONFIG.get(0)?;
+    // Nothing runs until user space has written real offsets.
+    (cfg.flags & CONFIG_OFFSETS_VALID != 0).then_some(cfg)
 }
 
 #[inline(always)]
@@ -52,6 +75,23 @@ fn bump(map: &PerCpuArray<u64>, index: u32) {
         // preempted by one another on a CPU while they hold it, so the write is not shared.
         unsafe { *slot += 1 };
     }
+}
+
+#[inline(always)]
+fn tgid_traced(cfg: &ProbeConfig, tgid: u32) -> bool {
+    // SAFETY: the value is only tested for presence, never held across helper calls.
+    cfg.flags & CONFIG_FILTER_TGID == 0 || unsafe { TGIDS.get(tgid) }.is_some()
+}
+
+#[inline(always)]
+fn port_traced(cfg: &ProbeConfig, port: u16) -> bool {
+    // SAFETY: as above.
+    cfg.flags & CONFIG_FILTER_PORTS == 0 || unsafe { PORTS.get(port) }.is_some()
+}
+
+#[inline(always)]
+fn current_tgid() -> u32 {
+    (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32
 }
 
 #[inline(always)]
@@ -93,29 +133,83 @@ fn read_kernel<T>(base: *const u8, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T).ok() }
 }
 
-/// `netif_receive_skb(struct sk_buff *skb)`: a packet enters the stack.
-#[btf_tracepoint(function = "netif_receive_skb")]
-pub fn netif_receive_skb(ctx: BtfTracePointContext) -> i32 {
-    let Some(cfg) = config() else { return 0 };
-    let skb: *const u8 = ctx.arg(0);
-    let (mut len, mut ifindex) = (0u32, 0u32);
-    if cfg.flags & CONFIG_OFFSETS_VALID != 0 {
-        let off = &cfg.offsets;
-        len = read_kernel::<u32>(skb, off.sk_buff_len).unwrap_or(0);
-        if let Some(dev) = read_kernel::<*const u8>(skb, off.sk_buff_dev) {
-            ifindex = read_kernel::<i32>(dev, off.net_device_ifindex).unwrap_or(0) as u32;
+/// The flow of the packet whose network header starts at `skb->data`.
+#[inline(always)]
+fn packet_flow(off: &KernelOffsets, skb: *const u8) -> Flow {
+    let mut flow = Flow::default();
+    let Some(ip) = read_kernel::<*const u8>(skb, off.sk_buff_data) else {
+        return flow;
+    };
+    let Some(first) = read_kernel::<[u8; 20]>(ip, 0) else {
+        return flow;
+    };
+    let (l4_offset, protocol) = match first[0] >> 4 {
+        4 => {
+            flow.saddr = u32::from_ne_bytes([first[12], first[13], first[14], first[15]]);
+            flow.daddr = u32::from_ne_bytes([first[16], first[17], first[18], first[19]]);
+            (((first[0] & 0x0f) as u32) * 4, first[9])
         }
+        // IPv6 without extension headers: the transport header follows the fixed 40 bytes.
+        6 => (40, first[6]),
+        _ => return flow,
+    };
+    flow.ip_version = first[0] >> 4;
+    flow.protocol = protocol;
+    if (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP)
+        && let Some(ports) = read_kernel::<[u8; 4]>(ip, l4_offset)
+    {
+        flow.sport = u16::from_be_bytes([ports[0], ports[1]]);
+        flow.dport = u16::from_be_bytes([ports[2], ports[3]]);
     }
+    flow
+}
+
+#[inline(always)]
+fn skb_event(ctx: &BtfTracePointContext, kind: ProbeKind) -> i32 {
+    let Some(cfg) = config() else { return 0 };
+    let off = &cfg.offsets;
+    let skb: *const u8 = ctx.arg(0);
+    let flow = packet_flow(off, skb);
+    // Inbound packets of a traced socket are addressed to its local port.
+    if !port_traced(cfg, flow.dport) {
+        return 0;
+    }
+    let len = read_kernel::<u32>(skb, off.sk_buff_len).unwrap_or(0);
+    let ifindex = read_kernel::<*const u8>(skb, off.sk_buff_dev)
+        .and_then(|dev| read_kernel::<i32>(dev, off.net_device_ifindex))
+        .unwrap_or(0) as u32;
     if cfg.flags & CONFIG_LOG != 0 {
-        debug!(&ctx, "netif_receive_skb len={} ifindex={}", len, ifindex);
+        debug!(
+            ctx,
+            "{} len={} ifindex={} dport={}", kind as u16, len, ifindex, flow.dport
+        );
     }
-    emit(ProbeKind::NetifReceiveSkb, |hdr| SkbEvent {
+    emit(kind, |hdr| SkbEvent {
         hdr,
         skb: skb as u64,
         len,
         ifindex,
+        flow,
     });
     0
+}
+
+/// `netif_receive_skb(struct sk_buff *skb)`: a packet enters the protocol stack.
+#[btf_tracepoint(function = "netif_receive_skb")]
+pub fn netif_receive_skb(ctx: BtfTracePointContext) -> i32 {
+    skb_event(&ctx, ProbeKind::NetifReceiveSkb)
+}
+
+/// `netif_rx(struct sk_buff *skb)`: loopback/veth queue a received packet to the backlog.
+#[btf_tracepoint(function = "netif_rx")]
+pub fn netif_rx(ctx: BtfTracePointContext) -> i32 {
+    skb_event(&ctx, ProbeKind::NetifRx)
+}
+
+/// `napi_gro_receive_entry(const struct sk_buff *skb)`: a NAPI driver received a packet.
+#[btf_tracepoint(function = "napi_gro_receive_entry")]
+pub fn napi_gro_receive(ctx: BtfTracePointContext) -> i32 {
+    skb_event(&ctx, ProbeKind::NapiGroReceive)
 }
 
 #[inline(always)]
@@ -144,6 +238,238 @@ pub fn softirq_entry(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "softirq_exit")]
 pub fn softirq_exit(ctx: BtfTracePointContext) -> i32 {
     softirq(&ctx, ProbeKind::SoftirqExit)
+}
+
+/// Local and remote port of a socket (host order).
+#[inline(always)]
+fn sock_ports(off: &KernelOffsets, sk: *const u8) -> (u16, u16) {
+    let lport = read_kernel::<u16>(sk, off.sock_num).unwrap_or(0);
+    let rport = u16::from_be(read_kernel::<u16>(sk, off.sock_dport).unwrap_or(0));
+    (lport, rport)
+}
+
+/// `tcp_probe(struct sock *sk, const struct sk_buff *skb)`: top of `tcp_rcv_established`.
+#[btf_tracepoint(function = "tcp_probe")]
+pub fn tcp_probe(ctx: BtfTracePointContext) -> i32 {
+    let Some(cfg) = config() else { return 0 };
+    let off = &cfg.offsets;
+    let sk: *const u8 = ctx.arg(0);
+    let skb: *const u8 = ctx.arg(1);
+    let (lport, rport) = sock_ports(off, sk);
+    if !port_traced(cfg, lport) {
+        return 0;
+    }
+    let cb = skb.wrapping_add(off.sk_buff_cb as usize);
+    emit(ProbeKind::TcpProbe, |hdr| TcpEvent {
+        hdr,
+        cookie: read_kernel::<u64>(sk, off.sock_cookie).unwrap_or(0),
+        sk: sk as u64,
+        skb: skb as u64,
+        seq: read_kernel::<u32>(cb, off.tcp_skb_cb_seq).unwrap_or(0),
+        end_seq: read_kernel::<u32>(cb, off.tcp_skb_cb_end_seq).unwrap_or(0),
+        rcv_nxt: read_kernel::<u32>(sk, off.tcp_sock_rcv_nxt).unwrap_or(0),
+        copied_seq: read_kernel::<u32>(sk, off.tcp_sock_copied_seq).unwrap_or(0),
+        lport,
+        rport,
+        tcp_flags: read_kernel::<u8>(cb, off.tcp_skb_cb_tcp_flags).unwrap_or(0),
+        _pad: [0; 3],
+    });
+    0
+}
+
+/// `sock_recv_length(struct sock *sk, int ret, int flags)`: a read from a socket returned.
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv(ctx: BtfTracePointContext) -> i32 {
+    let Some(cfg) = config() else { return 0 };
+    if !tgid_traced(cfg, current_tgid()) {
+        return 0;
+    }
+    let off = &cfg.offsets;
+    let sk: *const u8 = ctx.arg(0);
+    let ret: i32 = ctx.arg(1);
+    let flags: i32 = ctx.arg(2);
+    if read_kernel::<u16>(sk, off.sock_protocol).unwrap_or(0) != IPPROTO_TCP as u16 {
+        return 0;
+    }
+    let (lport, rport) = sock_ports(off, sk);
+    if cfg.flags & CONFIG_LEARN_PORTS != 0 && lport != 0 {
+        // A traced process reads this socket: keep its packets and segments from now on.
+        let _ = PORTS.insert(lport, 1, 0);
+    } else if !port_traced(cfg, lport) {
+        return 0;
+    }
+    emit(ProbeKind::SockRecv, |hdr| RecvEvent {
+        hdr,
+        cookie: read_kernel::<u64>(sk, off.sock_cookie).unwrap_or(0),
+        sk: sk as u64,
+        ret: ret as i64,
+        copied_seq: read_kernel::<u32>(sk, off.tcp_sock_copied_seq).unwrap_or(0),
+        rcv_nxt: read_kernel::<u32>(sk, off.tcp_sock_rcv_nxt).unwrap_or(0),
+        lport,
+        rport,
+        flags: flags as u32,
+    });
+    0
+}
+
+/// (tid, tgid) of a task.
+#[inline(always)]
+fn task_ids(off: &KernelOffsets, task: *const u8) -> (u32, u32) {
+    (
+        read_kernel::<u32>(task, off.task_pid).unwrap_or(0),
+        read_kernel::<u32>(task, off.task_tgid).unwrap_or(0),
+    )
+}
+
+/// `sched_wakeup(struct task_struct *p)`: a thread becomes runnable.
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
+    let Some(cfg) = config() else { return 0 };
+    let off = &cfg.offsets;
+    let task: *const u8 = ctx.arg(0);
+    let (tid, tgid) = task_ids(off, task);
+    if !tgid_traced(cfg, tgid) {
+        return 0;
+    }
+    emit(ProbeKind::SchedWakeup, |hdr| SchedEvent {
+        hdr,
+        prev_tid: 0,
+        prev_tgid: 0,
+        next_tid: tid,
+        next_tgid: tgid,
+        target_cpu: read_kernel::<u32>(task, off.task_cpu).unwrap_or(u32::MAX),
+        prev_state: 0,
+    });
+    0
+}
+
+/// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
+/// unsigned int prev_state)`.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
+    let Some(cfg) = config() else { return 0 };
+    let off = &cfg.offsets;
+    let prev: *const u8 = ctx.arg(1);
+    let next: *const u8 = ctx.arg(2);
+    let (prev_tid, prev_tgid) = task_ids(off, prev);
+    let (next_tid, next_tgid) = task_ids(off, next);
+    if !tgid_traced(cfg, prev_tgid) && !tgid_traced(cfg, next_tgid) {
+        return 0;
+    }
+    let prev_state: u32 = ctx.arg(3);
+    emit(ProbeKind::SchedSwitch, |hdr| SchedEvent {
+        hdr,
+        prev_tid,
+        prev_tgid,
+        next_tid,
+        next_tgid,
+        target_cpu: hdr.cpu as u32,
+        prev_state,
+    });
+    0
+}
+
+/// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`.
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn process_fork(ctx: BtfTracePointContext) -> i32 {
+    let Some(cfg) = config() else { return 0 };
+    if cfg.flags & CONFIG_FOLLOW_FORKS == 0 {
+        return 0;
+    }
+    let off = &cfg.offsets;
+    let (parent_tid, parent_tgid) = task_ids(off, ctx.arg(0));
+    // SAFETY: the value is only tested for presence.
+    if unsafe { TGIDS.get(parent_tgid) }.is_none() {
+        return 0;
+    }
+    let (child_tid, child_tgid) = task_ids(off, ctx.arg(1));
+    let _ = TGIDS.insert(child_tgid, 1, 0);
+    emit(ProbeKind::ProcessFork, |hdr| SchedEvent {
+        hdr,
+        prev_tid: parent_tid,
+        prev_tgid: parent_tgid,
+        next_tid: child_tid,
+        next_tgid: child_tgid,
+        target_cpu: 0,
+        prev_state: 0,
+    });
+    0
+}
+
+/// `syscalls:sys_exit_epoll_wait` / `_epoll_pwait` / `_epoll_pwait2`: one program, three
+/// attachments.
+#[tracepoint]
+pub fn epoll_exit(ctx: TracePointContext) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    if !tgid_traced(cfg, current_tgid()) {
+        return 0;
+    }
+    let off = &cfg.offsets;
+    // SAFETY: offsets come from the tracepoint's own format file; reads are bounds-checked
+    // by the kernel's helper.
+    let ret: i64 = unsafe { ctx.read_at(off.sys_exit_ret as usize) }.unwrap_or(0);
+    // SAFETY: as above.
+    let nr: i32 = unsafe { ctx.read_at(off.sys_exit_nr as usize) }.unwrap_or(-1);
+    emit(ProbeKind::EpollExit, |hdr| SyscallEvent {
+        hdr,
+        ret,
+        nr: nr as u32,
+        _pad: 0,
+    });
+    0
+}
+
+/// Uprobe on the engine's probe function: reads its `MsgProbe` argument.
+#[uprobe]
+pub fn callback_entry(ctx: ProbeContext) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    if !tgid_traced(cfg, current_tgid()) {
+        return 0;
+    }
+    let Some(ptr) = ctx.arg::<*const MsgProbe>(0) else {
+        return 0;
+    };
+    // SAFETY: a fault-handling copy from the traced process; a bad pointer gives an error.
+    let probe = unsafe { bpf_probe_read_user(ptr) }.unwrap_or_default();
+    // SAFETY: the context pointer is the program's own.
+    let attach = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    emit(ProbeKind::CallbackEntry, |hdr| CallbackEvent {
+        hdr,
+        attach,
+        probe,
+    });
+    0
+}
+
+/// Uretprobe on the engine's probe function: the user's callback returned.
+#[uretprobe]
+pub fn callback_exit(ctx: RetProbeContext) -> u32 {
+    uprobe_hit(ctx.as_ptr(), ProbeKind::CallbackExit, ctx.ret::<u64>())
+}
+
+/// Uprobe on a user-chosen symbol.
+#[uprobe]
+pub fn user_entry(ctx: ProbeContext) -> u32 {
+    let arg = ctx.arg::<u64>(0).unwrap_or(0);
+    uprobe_hit(ctx.as_ptr(), ProbeKind::UserEntry, arg)
+}
+
+/// Uretprobe on a user-chosen symbol.
+#[uretprobe]
+pub fn user_exit(ctx: RetProbeContext) -> u32 {
+    uprobe_hit(ctx.as_ptr(), ProbeKind::UserExit, ctx.ret::<u64>())
+}
+
+#[inline(always)]
+fn uprobe_hit(ctx: *mut core::ffi::c_void, kind: ProbeKind, value: u64) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    if !tgid_traced(cfg, current_tgid()) {
+        return 0;
+    }
+    // SAFETY: the context pointer is the program's own.
+    let attach = unsafe { bpf_get_attach_cookie(ctx) };
+    emit(kind, |hdr| UprobeEvent { hdr, attach, value });
+    0
 }
 
 // ---- doctor: one trivial program per hook type -------------------------------------------

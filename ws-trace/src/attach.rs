@@ -1,16 +1,20 @@
-//! An attach session: load the probes, attach them, count what arrives until the time is up
-//! or the user stops it, then detach (by dropping everything).
+//! An attach session: load the probes, attach them, count what arrives until the time is up,
+//! the target exits or the user stops it, then detach (by dropping everything).
 use std::{
+    collections::BTreeSet,
     fmt,
+    path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
-use ws_abi::{PROBE_COUNT, ProbeKind};
+use ws_abi::{ENGINE_PROBE_SYMBOL, PROBE_COUNT, ProbeKind};
 
 use crate::{
-    probes::{LoadOptions, ProbeError, Probes},
+    decode::Event,
+    probes::{LoadOptions, ProbeError, Probes, UprobeTarget},
     ring::{EventReader, RingError},
+    target::{Target, TargetError},
 };
 
 /// Failures of an attach session.
@@ -22,14 +26,30 @@ pub enum AttachError {
     /// Reading the ring failed.
     #[error(transparent)]
     Ring(#[from] RingError),
+    /// Finding or starting the target failed.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+}
+
+/// What a session attaches.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// How to load the probes (ring, filters).
+    pub load: LoadOptions,
+    /// Kernel probes to attach.
+    pub kinds: Vec<ProbeKind>,
+    /// Binaries whose engine probe function gets the callback uprobe and uretprobe.
+    pub engine_binaries: Vec<PathBuf>,
+    /// User-chosen uprobes: binary and symbol exactly as in its symbol table.
+    pub user_uprobes: Vec<(PathBuf, String)>,
 }
 
 /// What to run.
 #[derive(Clone, Debug, Default)]
 pub struct AttachOptions {
-    /// How to load the probes.
-    pub load: LoadOptions,
-    /// Stop after this long (`None`: until stopped).
+    /// Probes, filters, uprobes.
+    pub plan: Plan,
+    /// Stop after this long (`None`: until stopped or the target exits).
     pub duration: Option<Duration>,
     /// Call the refresh hook this often (`None`: never).
     pub refresh: Option<Duration>,
@@ -40,6 +60,8 @@ pub struct AttachOptions {
 pub struct ProbeSummary {
     /// Probe name.
     pub probe: &'static str,
+    /// Stage it stamps.
+    pub stage: &'static str,
     /// Events received.
     pub events: u64,
     /// Events lost because the ring was full.
@@ -53,12 +75,20 @@ pub struct ProbeSummary {
 /// Totals of a session so far.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Summary {
+    /// What is traced.
+    pub target: String,
     /// Time since the probes were attached.
     pub elapsed_s: f64,
     /// One row per attached probe.
     pub probes: Vec<ProbeSummary>,
     /// Records that could not be decoded.
     pub decode_errors: u64,
+    /// Processes in the filter (empty: all).
+    pub tgids: BTreeSet<u32>,
+    /// Local ports in the filter, learned ones included (empty: all).
+    pub ports: BTreeSet<u16>,
+    /// Things the user should know (a binary without the engine's probe function...).
+    pub notes: Vec<String>,
 }
 
 impl Summary {
@@ -66,14 +96,20 @@ impl Summary {
     pub fn total_drops(&self) -> u64 {
         self.probes.iter().map(|p| p.drops).sum()
     }
+
+    /// The row of a probe.
+    pub fn probe(&self, kind: ProbeKind) -> Option<&ProbeSummary> {
+        self.probes.iter().find(|p| p.probe == kind.name())
+    }
 }
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "tracing {}", self.target)?;
         writeln!(
             f,
-            "{:<20} {:>12} {:>10} {:>12} {:>12}",
-            "probe", "events", "drops", "runs", "bpf ns/run"
+            "{:<18} {:<9} {:>10} {:>9} {:>10} {:>11}",
+            "probe", "stage", "events", "drops", "runs", "bpf ns/run"
         )?;
         for p in &self.probes {
             let ns = p
@@ -81,9 +117,16 @@ impl fmt::Display for Summary {
                 .map_or_else(|| "-".to_string(), |ns| format!("{ns:.0}"));
             writeln!(
                 f,
-                "{:<20} {:>12} {:>10} {:>12} {:>12}",
-                p.probe, p.events, p.drops, p.runs, ns
+                "{:<18} {:<9} {:>10} {:>9} {:>10} {:>11}",
+                p.probe, p.stage, p.events, p.drops, p.runs, ns
             )?;
+        }
+        if !self.ports.is_empty() {
+            let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+            writeln!(f, "local ports traced: {}", ports.join(" "))?;
+        }
+        for note in &self.notes {
+            writeln!(f, "note: {note}")?;
         }
         write!(f, "elapsed {:.1} s", self.elapsed_s)?;
         let drops = self.total_drops();
@@ -106,32 +149,74 @@ pub struct Session {
     reader: EventReader,
     counts: [u64; PROBE_COUNT],
     started: Instant,
+    notes: Vec<String>,
+    target: String,
 }
 
 impl Session {
-    /// Loads and attaches `kinds`.
-    pub fn start(load: &LoadOptions, kinds: &[ProbeKind]) -> Result<Session, AttachError> {
-        let mut probes = Probes::load(load)?;
-        probes.attach_all(kinds)?;
+    /// Loads the probes and attaches everything in `plan`. A binary without the engine's
+    /// probe function is noted, not an error; a user uprobe that cannot be placed is.
+    pub fn start(plan: &Plan) -> Result<Session, AttachError> {
+        let mut probes = Probes::load(&plan.load)?;
+        probes.attach_all(&plan.kinds)?;
+        let mut notes = Vec::new();
+        for (i, binary) in plan.engine_binaries.iter().enumerate() {
+            let target = UprobeTarget {
+                binary: binary.clone(),
+                symbol: ENGINE_PROBE_SYMBOL.to_string(),
+                cookie: i as u64,
+            };
+            let placed = probes
+                .attach_uprobe(ProbeKind::CallbackEntry, &target)
+                .and_then(|()| probes.attach_uprobe(ProbeKind::CallbackExit, &target));
+            if let Err(e) = placed {
+                notes.push(format!(
+                    "{}: no ws-engine probe function ({e}); callback stages unavailable",
+                    binary.display()
+                ));
+            }
+        }
+        for (i, (binary, symbol)) in plan.user_uprobes.iter().enumerate() {
+            let target = UprobeTarget {
+                binary: binary.clone(),
+                symbol: symbol.clone(),
+                cookie: i as u64,
+            };
+            probes.attach_uprobe(ProbeKind::UserEntry, &target)?;
+            probes.attach_uprobe(ProbeKind::UserExit, &target)?;
+        }
         let reader = EventReader::new(probes.take_ring()?);
         Ok(Session {
             probes,
             reader,
             counts: [0; PROBE_COUNT],
             started: Instant::now(),
+            notes,
+            target: "all processes".into(),
         })
     }
 
-    /// Waits up to `timeout` and counts what arrived; every event is also given to `f`.
+    /// The loaded probes (to update filters while running).
+    pub fn probes_mut(&mut self) -> &mut Probes {
+        &mut self.probes
+    }
+
+    /// Names the target in summaries.
+    pub fn set_target(&mut self, description: String) {
+        self.target = description;
+    }
+
+    /// Waits up to `timeout` and counts what arrived; every event is also given to `f`
+    /// with its raw record.
     pub fn pump(
         &mut self,
         timeout: Duration,
-        mut f: impl FnMut(&crate::decode::Event),
+        mut f: impl FnMut(&[u8], &Event),
     ) -> Result<usize, AttachError> {
         let counts = &mut self.counts;
-        let n = self.reader.poll(timeout, |e| {
+        let n = self.reader.poll(timeout, |raw, e| {
             counts[e.kind() as usize] += 1;
-            f(&e);
+            f(raw, &e);
         })?;
         self.probes.flush_log();
         Ok(n)
@@ -148,6 +233,7 @@ impl Session {
                 let (run_time, runs) = self.probes.run_stats(k).unwrap_or_default();
                 ProbeSummary {
                     probe: k.name(),
+                    stage: k.stage(),
                     events: self.counts[k as usize],
                     drops: drops[k as usize],
                     runs,
@@ -156,31 +242,65 @@ impl Session {
                 }
             })
             .collect();
+        let filtered = |flag| self.probes.filter_flags() & flag != 0;
         Ok(Summary {
+            target: self.target.clone(),
             elapsed_s: self.started.elapsed().as_secs_f64(),
             probes,
             decode_errors: self.reader.decode_errors(),
+            tgids: if filtered(ws_abi::CONFIG_FILTER_TGID) {
+                self.probes.tgids()?
+            } else {
+                BTreeSet::new()
+            },
+            ports: if filtered(ws_abi::CONFIG_FILTER_PORTS) {
+                self.probes.ports()?
+            } else {
+                BTreeSet::new()
+            },
+            notes: self.notes.clone(),
         })
     }
 }
 
-/// Runs a whole session: until `opts.duration` passes or `stop` is set. Calls `on_refresh`
-/// every `opts.refresh`; returns the final summary. Probes are detached on return.
+/// Runs a whole session on `target`: until `opts.duration` passes, `stop` is set or the
+/// target exits. A spawned target is released once everything is attached. Calls
+/// `on_refresh` every `opts.refresh` and `on_event` for every event; returns the final
+/// summary. Probes are detached on return, whatever the outcome.
 pub fn run(
     opts: &AttachOptions,
-    kinds: &[ProbeKind],
+    target: &mut Target,
     stop: &AtomicBool,
     mut on_refresh: impl FnMut(&Summary),
+    mut on_event: impl FnMut(&[u8], &Event),
 ) -> Result<Summary, AttachError> {
-    let mut session = Session::start(&opts.load, kinds)?;
+    let mut session = Session::start(&opts.plan)?;
+    session.set_target(target.describe());
+    target.release()?;
     let deadline = opts.duration.map(|d| session.started + d);
     let mut next_refresh = opts.refresh.map(|r| Instant::now() + r);
+    let mut next_rescan = Instant::now() + Duration::from_secs(1);
+    let mut known = target.tgids()?;
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
             break;
         }
-        session.pump(Duration::from_millis(100), |_| {})?;
+        if target.exited() {
+            session.notes.push(format!("{} exited", target.describe()));
+            break;
+        }
+        session.pump(Duration::from_millis(100), &mut on_event)?;
+        if let Target::Comm(_) = target
+            && Instant::now() >= next_rescan
+        {
+            // New processes of that name join the filter.
+            for tgid in target.tgids()?.difference(&known.clone()) {
+                session.probes.add_tgid(*tgid)?;
+                known.insert(*tgid);
+            }
+            next_rescan += Duration::from_secs(1);
+        }
         if let (Some(at), Some(every)) = (next_refresh, opts.refresh)
             && Instant::now() >= at
         {
@@ -189,6 +309,6 @@ pub fn run(
         }
     }
     // Whatever is still in the ring belongs to the session.
-    session.pump(Duration::ZERO, |_| {})?;
+    session.pump(Duration::ZERO, &mut on_event)?;
     session.summary()
 }

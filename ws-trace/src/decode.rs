@@ -1,5 +1,8 @@
 //! Turning ring-buffer records into typed events.
-use ws_abi::{EventHeader, ProbeKind, SkbEvent, SoftirqEvent};
+use ws_abi::{
+    CallbackEvent, EventHeader, ProbeKind, RecvEvent, SchedEvent, SkbEvent, SoftirqEvent,
+    SyscallEvent, TcpEvent, UprobeEvent,
+};
 
 /// A record that is not a valid event of this ABI.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -17,13 +20,25 @@ pub enum DecodeError {
     UnknownKind(u16),
 }
 
-/// One decoded probe event.
+/// One decoded probe event. The header's `kind` says which probe wrote it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// `netif_receive_skb`.
+    /// `netif_receive_skb`, `netif_rx`, `napi_gro_receive_entry`.
     Skb(SkbEvent),
-    /// A NET_RX softirq raise, entry or exit (see the header's kind).
+    /// A NET_RX softirq raise, entry or exit.
     Softirq(SoftirqEvent),
+    /// `tcp_probe`.
+    Tcp(TcpEvent),
+    /// `sched_wakeup`, `sched_switch`, `sched_process_fork`.
+    Sched(SchedEvent),
+    /// Return of `epoll_wait` and friends.
+    Syscall(SyscallEvent),
+    /// `sock_recv_length`.
+    Recv(RecvEvent),
+    /// The engine's probe function was entered.
+    Callback(CallbackEvent),
+    /// Callback exit, or a user-chosen uprobe/uretprobe.
+    Uprobe(UprobeEvent),
 }
 
 impl Event {
@@ -32,6 +47,12 @@ impl Event {
         match self {
             Event::Skb(e) => &e.hdr,
             Event::Softirq(e) => &e.hdr,
+            Event::Tcp(e) => &e.hdr,
+            Event::Sched(e) => &e.hdr,
+            Event::Syscall(e) => &e.hdr,
+            Event::Recv(e) => &e.hdr,
+            Event::Callback(e) => &e.hdr,
+            Event::Uprobe(e) => &e.hdr,
         }
     }
 
@@ -39,6 +60,70 @@ impl Event {
     pub fn kind(&self) -> ProbeKind {
         // Decoding only builds events of known kinds.
         ProbeKind::from_u16(self.header().kind).unwrap_or(ProbeKind::NetifReceiveSkb)
+    }
+}
+
+impl std::fmt::Display for Event {
+    /// One line: time, CPU, thread, probe, then the probe's own fields.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let h = self.header();
+        write!(
+            f,
+            "{:>16} cpu{:<2} {:>7}/{:<7} {:<17}",
+            h.ts_ns,
+            h.cpu,
+            h.tgid,
+            h.tid,
+            self.kind().name()
+        )?;
+        match self {
+            Event::Skb(e) => write!(
+                f,
+                " skb={:#x} len={} if={} {}:{} -> {}:{} proto={}",
+                e.skb,
+                e.len,
+                e.ifindex,
+                std::net::Ipv4Addr::from(u32::from_be(e.flow.saddr)),
+                e.flow.sport,
+                std::net::Ipv4Addr::from(u32::from_be(e.flow.daddr)),
+                e.flow.dport,
+                e.flow.protocol
+            ),
+            Event::Softirq(e) => write!(f, " vec={}", e.vec),
+            Event::Tcp(e) => write!(
+                f,
+                " cookie={} seq={}..{} ({} B) rcv_nxt={} copied={} lport={} rport={} flags={:#x}",
+                e.cookie,
+                e.seq,
+                e.end_seq,
+                e.end_seq.wrapping_sub(e.seq),
+                e.rcv_nxt,
+                e.copied_seq,
+                e.lport,
+                e.rport,
+                e.tcp_flags
+            ),
+            Event::Sched(e) => write!(
+                f,
+                " prev={}/{} state={} next={}/{} cpu={}",
+                e.prev_tgid, e.prev_tid, e.prev_state, e.next_tgid, e.next_tid, e.target_cpu
+            ),
+            Event::Syscall(e) => write!(f, " nr={} ret={}", e.nr, e.ret),
+            Event::Recv(e) => write!(
+                f,
+                " cookie={} ret={} copied={} rcv_nxt={} lport={} rport={}",
+                e.cookie, e.ret, e.copied_seq, e.rcv_nxt, e.lport, e.rport
+            ),
+            Event::Callback(e) => {
+                let p = &e.probe;
+                write!(
+                    f,
+                    " conn={} cookie={} msg={} len={} stream_end={} opcode={}",
+                    p.conn_id, p.sock_cookie, p.msg_seq, p.len, p.stream_end, p.opcode
+                )
+            }
+            Event::Uprobe(e) => write!(f, " attach={} value={:#x}", e.attach, e.value),
+        }
     }
 }
 
@@ -61,9 +146,21 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let hdr: EventHeader = read(bytes)?;
     let kind = ProbeKind::from_u16(hdr.kind).ok_or(DecodeError::UnknownKind(hdr.kind))?;
     Ok(match kind {
-        ProbeKind::NetifReceiveSkb => Event::Skb(read(bytes)?),
+        ProbeKind::NetifReceiveSkb | ProbeKind::NetifRx | ProbeKind::NapiGroReceive => {
+            Event::Skb(read(bytes)?)
+        }
         ProbeKind::SoftirqRaise | ProbeKind::SoftirqEntry | ProbeKind::SoftirqExit => {
             Event::Softirq(read(bytes)?)
+        }
+        ProbeKind::TcpProbe => Event::Tcp(read(bytes)?),
+        ProbeKind::SchedWakeup | ProbeKind::SchedSwitch | ProbeKind::ProcessFork => {
+            Event::Sched(read(bytes)?)
+        }
+        ProbeKind::EpollExit => Event::Syscall(read(bytes)?),
+        ProbeKind::SockRecv => Event::Recv(read(bytes)?),
+        ProbeKind::CallbackEntry => Event::Callback(read(bytes)?),
+        ProbeKind::CallbackExit | ProbeKind::UserEntry | ProbeKind::UserExit => {
+            Event::Uprobe(read(bytes)?)
         }
     })
 }
@@ -94,12 +191,13 @@ mod tests {
             skb: 0xffff_0000,
             len: 1500,
             ifindex: 1,
+            flow: ws_abi::Flow::default(),
         };
         let raw = bytes_of(&e);
         assert_eq!(decode(&raw), Ok(Event::Skb(e)));
         assert_eq!(
             decode(&raw[..30]),
-            Err(DecodeError::Short { got: 30, need: 40 })
+            Err(DecodeError::Short { got: 30, need: 56 })
         );
         let mut bad = raw.clone();
         bad[8] = 0xff;

@@ -276,7 +276,10 @@ fn err(e: impl std::error::Error) -> String {
         source = cause.source();
     }
     // aya appends the verifier log, which is empty when the kernel refused before verifying.
-    s.trim_end().trim_end_matches("Verifier output:").trim_end().to_string()
+    s.trim_end()
+        .trim_end_matches("Verifier output:")
+        .trim_end()
+        .to_string()
 }
 
 fn syscalls() {

@@ -12,4 +12,7 @@ pub mod doctor;
 pub mod privileges;
 pub mod probes;
 pub mod ring;
+pub mod symbols;
+pub mod target;
+pub mod tracefile;
 pub mod tracefs;

@@ -11,11 +11,14 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
 use ws_abi::ProbeKind;
 use ws_trace::{
-    attach::{self, AttachOptions},
+    attach::{self, AttachOptions, Plan},
     doctor, privileges,
-    probes::{DEFAULT_RING_BYTES, LoadOptions},
+    probes::{DEFAULT_RING_BYTES, Filter, LoadOptions},
+    target::Target,
 };
 
 /// Where every microsecond of a WebSocket message goes, from the NIC to the callback.
@@ -34,21 +37,45 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Load and attach the probes, show what arrives, detach on Ctrl-C or when time is up.
-    Attach {
-        /// Stop after this many seconds.
-        #[arg(long, value_name = "SECS")]
-        duration: Option<f64>,
-        /// Event ring size in bytes (a power of two, at least 4096).
-        #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES)]
-        ring_size: u32,
-        /// Forward the probes' aya-log debug records to stderr.
-        #[arg(long)]
-        log: bool,
-        /// Print the final summary as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    /// Attach the probes and show what arrives; Ctrl-C, --duration or the target's exit
+    /// ends it and detaches everything.
+    Attach(AttachArgs),
+}
+
+#[derive(clap::Args)]
+struct AttachArgs {
+    /// Trace this process (all its threads, and the children it forks).
+    #[arg(long, conflicts_with_all = ["comm", "command"])]
+    pid: Option<u32>,
+    /// Trace every process with this name (new ones join while attached).
+    #[arg(long, conflicts_with = "command")]
+    comm: Option<String>,
+    /// Keep only packets and segments of sockets with this local port (repeatable).
+    /// Without it, --pid/--comm/CMD follow the sockets the traced processes read.
+    #[arg(long = "port", value_name = "PORT")]
+    ports: Vec<u16>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// Also place a uprobe and uretprobe on BINARY:SYMBOL (repeatable; Rust names may be
+    /// given mangled or demangled).
+    #[arg(long = "uprobe", value_name = "BINARY:SYMBOL")]
+    uprobes: Vec<String>,
+    /// Event ring size in bytes (a power of two, at least 4096).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES)]
+    ring_size: u32,
+    /// Forward the probes' aya-log debug records to stderr.
+    #[arg(long)]
+    log: bool,
+    /// Print the final summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Print every event as a line on stdout while attached.
+    #[arg(long)]
+    print: bool,
+    /// Start this command and trace it (it runs once the probes are attached).
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -80,55 +107,111 @@ fn run() -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Attach {
-            duration,
-            ring_size,
-            log,
-            json,
-        } => {
-            privileges::require_tracing()?;
-            if log {
-                env_logger_init();
-            }
-            let stop = Arc::new(AtomicBool::new(false));
-            {
-                let stop = stop.clone();
-                ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
-                    .context("installing the Ctrl-C handler")?;
-            }
-            let duration = duration
-                .map(Duration::try_from_secs_f64)
-                .transpose()
-                .context("--duration must be a non-negative number of seconds")?;
-            let interactive = std::io::stderr().is_terminal() && !json;
-            let opts = AttachOptions {
-                load: LoadOptions {
-                    ring_bytes: ring_size,
-                    log,
-                    target_tgid: 0,
-                },
-                duration,
-                refresh: interactive.then_some(Duration::from_secs(1)),
-            };
-            eprintln!(
-                "ws-trace: attaching {} probes{}; Ctrl-C to stop",
-                ProbeKind::ALL.len(),
-                duration.map_or(String::new(), |d| format!(" for {:.1} s", d.as_secs_f64()))
-            );
-            let summary = attach::run(&opts, &ProbeKind::ALL, &stop, |s| {
-                // Redraw the table in place on a terminal.
-                eprintln!("\x1b[2J\x1b[H{s}");
-            })
-            .context("attach session")?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
-            } else {
-                println!("{summary}");
-            }
-            eprintln!("ws-trace: probes detached");
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Attach(args) => attach_command(args),
     }
+}
+
+fn attach_command(args: AttachArgs) -> anyhow::Result<ExitCode> {
+    privileges::require_tracing()?;
+    if args.log {
+        env_logger_init();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
+            .context("installing the Ctrl-C handler")?;
+    }
+    let duration = args
+        .duration
+        .map(Duration::try_from_secs_f64)
+        .transpose()
+        .context("--duration must be a non-negative number of seconds")?;
+    let mut target = if let Some(pid) = args.pid {
+        Target::pid(pid)?
+    } else if let Some(comm) = &args.comm {
+        Target::Comm(comm.clone())
+    } else if !args.command.is_empty() {
+        Target::spawn(&args.command)?
+    } else {
+        Target::All
+    };
+    let tgids = target.tgids()?;
+    if let Target::Comm(name) = &target
+        && tgids.is_empty()
+    {
+        eprintln!("ws-trace: no process named {name:?} yet; waiting for one");
+    }
+    let filtered = !matches!(target, Target::All);
+    let mut kinds = ProbeKind::KERNEL.to_vec();
+    if filtered {
+        kinds.push(ProbeKind::ProcessFork);
+    }
+    let user_uprobes = args
+        .uprobes
+        .iter()
+        .map(|spec| parse_uprobe(spec))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let plan = Plan {
+        load: LoadOptions {
+            ring_bytes: args.ring_size,
+            log: args.log,
+            filter: Filter {
+                tgids,
+                ports: args.ports.iter().copied().collect(),
+                learn_ports: filtered,
+                follow_forks: filtered,
+            },
+        },
+        kinds,
+        engine_binaries: target.binaries()?.into_iter().collect(),
+        user_uprobes,
+    };
+    let interactive = std::io::stderr().is_terminal() && !args.json;
+    let opts = AttachOptions {
+        plan,
+        duration,
+        refresh: interactive.then_some(Duration::from_secs(1)),
+    };
+    eprintln!(
+        "ws-trace: attaching to {}{}; Ctrl-C to stop",
+        target.describe(),
+        duration.map_or(String::new(), |d| format!(" for {:.1} s", d.as_secs_f64()))
+    );
+    let summary = attach::run(
+        &opts,
+        &mut target,
+        &stop,
+        |s| {
+            // Redraw the table in place on a terminal.
+            eprintln!("\x1b[2J\x1b[H{s}");
+        },
+        |_, event| {
+            if args.print {
+                println!("{event}");
+            }
+        },
+    )
+    .context("attach session")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!("{summary}");
+    }
+    eprintln!("ws-trace: probes detached");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `BINARY:SYMBOL` → (binary path, symbol).
+fn parse_uprobe(spec: &str) -> anyhow::Result<(PathBuf, String)> {
+    let (binary, symbol) = spec
+        .split_once(':')
+        .filter(|(b, s)| !b.is_empty() && !s.is_empty())
+        .with_context(|| format!("--uprobe {spec:?}: expected BINARY:SYMBOL"))?;
+    let binary = which::which(binary)
+        .or_else(|_| std::fs::canonicalize(binary))
+        .with_context(|| format!("--uprobe {spec:?}: no binary {binary:?}"))?;
+    Ok((binary, symbol.to_string()))
 }
 
 /// Sends `log` records (the probes' aya-log output) to stderr.

@@ -3,18 +3,30 @@
 //! Everything the kernel holds for a [`Probes`] (programs, links, maps) is owned by file
 //! descriptors inside it: dropping it, or the process dying for any reason, detaches and
 //! unloads every probe. Nothing is pinned.
-use std::{os::fd::OwnedFd, time::Duration};
+use std::{
+    collections::BTreeSet,
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::BtfTracePoint,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        BtfTracePoint, TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
 };
 use ws_abi::{
-    CONFIG_LOG, CONFIG_OFFSETS_VALID, KernelOffsets, PROBE_COUNT, ProbeConfig, ProbeKind,
+    CONFIG_FILTER_PORTS, CONFIG_FILTER_TGID, CONFIG_FOLLOW_FORKS, CONFIG_LEARN_PORTS, CONFIG_LOG,
+    CONFIG_OFFSETS_VALID, Hook, KernelOffsets, PROBE_COUNT, ProbeConfig, ProbeKind,
 };
 
-use crate::btf::{Btf, BtfError};
+use crate::{
+    btf::{Btf, BtfError},
+    tracefs,
+};
 
 /// The probe object, built from `ws-ebpf` by this crate's build script.
 pub static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ws-ebpf"));
@@ -63,9 +75,57 @@ pub enum ProbeError {
     /// aya-log could not be started.
     #[error("starting aya-log: {0}")]
     Log(#[from] aya_log::Error),
+    /// tracefs could not be mounted (classic tracepoints need it).
+    #[error(transparent)]
+    Tracefs(#[from] tracefs::MountError),
+    /// A uprobe was asked of a probe that is not a uprobe, or the reverse.
+    #[error("probe {0} is not attached that way")]
+    WrongHook(&'static str),
     /// The ring size is not a power of two or not a multiple of the page size.
     #[error("ring size {0} is not a power-of-two multiple of 4096 bytes")]
     RingSize(u32),
+}
+
+/// Which events the probes keep. Empty sets mean "everything".
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Filter {
+    /// Keep task-context events (reads, epoll, scheduler, uprobes) of these processes only.
+    pub tgids: BTreeSet<u32>,
+    /// Keep packets and TCP segments of sockets with these local ports only.
+    pub ports: BTreeSet<u16>,
+    /// With `tgids` and no `ports`: learn the local ports of the sockets the traced
+    /// processes read, and keep those flows.
+    pub learn_ports: bool,
+    /// Trace the children the traced processes fork.
+    pub follow_forks: bool,
+}
+
+impl Filter {
+    /// Traces one process and the connections it reads, following its forks.
+    pub fn process(tgid: u32) -> Filter {
+        Filter {
+            tgids: BTreeSet::from([tgid]),
+            ports: BTreeSet::new(),
+            learn_ports: true,
+            follow_forks: true,
+        }
+    }
+
+    fn flags(&self) -> u32 {
+        let mut flags = 0;
+        if !self.tgids.is_empty() {
+            flags |= CONFIG_FILTER_TGID;
+            if self.follow_forks {
+                flags |= CONFIG_FOLLOW_FORKS;
+            }
+        }
+        if !self.ports.is_empty() {
+            flags |= CONFIG_FILTER_PORTS;
+        } else if self.learn_ports && !self.tgids.is_empty() {
+            flags |= CONFIG_FILTER_PORTS | CONFIG_LEARN_PORTS;
+        }
+        flags
+    }
 }
 
 /// How to load the probes.
@@ -75,8 +135,8 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     /// Emit aya-log debug records from the probes (forwarded to the `log` crate).
     pub log: bool,
-    /// Only trace task-context events of this process (0: all).
-    pub target_tgid: u32,
+    /// What to keep.
+    pub filter: Filter,
 }
 
 impl Default for LoadOptions {
@@ -84,19 +144,62 @@ impl Default for LoadOptions {
         LoadOptions {
             ring_bytes: DEFAULT_RING_BYTES,
             log: false,
-            target_tgid: 0,
+            filter: Filter::default(),
         }
     }
 }
 
-/// Kernel struct offsets the probes need, read from the running kernel's BTF.
+/// Kernel struct offsets the probes need, read from the running kernel's BTF. The
+/// syscall tracepoint offsets are the kernel's fixed `sys_exit` layout here; see
+/// [`syscall_offsets`] for the ones read from tracefs.
 pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
+    let f = |s: &str, m: &str| btf.field_offset(s, m);
+    // 5.16 moved the CPU number from task_struct into thread_info.
+    let task_cpu = match f("thread_info", "cpu") {
+        Ok(cpu) => f("task_struct", "thread_info")? + cpu,
+        Err(_) => f("task_struct", "cpu")?,
+    };
+    let sk_common = f("sock", "__sk_common")?;
     Ok(KernelOffsets {
-        sk_buff_len: btf.field_offset("sk_buff", "len")?,
-        sk_buff_dev: btf.field_offset("sk_buff", "dev")?,
-        net_device_ifindex: btf.field_offset("net_device", "ifindex")?,
+        sk_buff_len: f("sk_buff", "len")?,
+        sk_buff_dev: f("sk_buff", "dev")?,
+        sk_buff_data: f("sk_buff", "data")?,
+        sk_buff_cb: f("sk_buff", "cb")?,
+        net_device_ifindex: f("net_device", "ifindex")?,
+        tcp_skb_cb_seq: f("tcp_skb_cb", "seq")?,
+        tcp_skb_cb_end_seq: f("tcp_skb_cb", "end_seq")?,
+        tcp_skb_cb_tcp_flags: f("tcp_skb_cb", "tcp_flags")?,
+        sock_dport: sk_common + f("sock_common", "skc_dport")?,
+        sock_num: sk_common + f("sock_common", "skc_num")?,
+        sock_cookie: sk_common + f("sock_common", "skc_cookie")?,
+        sock_protocol: f("sock", "sk_protocol")?,
+        tcp_sock_rcv_nxt: f("tcp_sock", "rcv_nxt")?,
+        tcp_sock_copied_seq: f("tcp_sock", "copied_seq")?,
+        task_pid: f("task_struct", "pid")?,
+        task_tgid: f("task_struct", "tgid")?,
+        task_cpu,
+        sys_exit_ret: 16,
+        sys_exit_nr: 8,
         _pad: 0,
     })
+}
+
+/// Offsets of `ret` and `__syscall_nr` in `syscalls:sys_exit_*` records, from tracefs.
+pub fn syscall_offsets(tracefs: &Path) -> Result<(u32, u32), tracefs::FormatError> {
+    let ret = tracefs::field_offset(tracefs, "syscalls", "sys_exit_epoll_wait", "ret")?;
+    let nr = tracefs::field_offset(tracefs, "syscalls", "sys_exit_epoll_wait", "__syscall_nr")?;
+    Ok((ret, nr))
+}
+
+/// Where a uprobe goes.
+#[derive(Clone, Debug)]
+pub struct UprobeTarget {
+    /// The binary (executable or shared library).
+    pub binary: PathBuf,
+    /// The symbol, exactly as in the binary's symbol table.
+    pub symbol: String,
+    /// Identifies this target in the events (`attach` field).
+    pub cookie: u64,
 }
 
 /// A loaded, configured probe object.
@@ -104,6 +207,8 @@ pub struct Probes {
     ebpf: Ebpf,
     kernel_btf: aya::Btf,
     attached: Vec<ProbeKind>,
+    loaded: BTreeSet<ProbeKind>,
+    filter_flags: u32,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     _stats: Option<OwnedFd>,
 }
@@ -115,18 +220,26 @@ impl Probes {
             return Err(ProbeError::RingSize(opts.ring_bytes));
         }
         let kernel_btf = aya::Btf::from_sys_fs()?;
-        let offsets = kernel_offsets(&Btf::from_sys_fs()?)?;
+        let mut offsets = kernel_offsets(&Btf::from_sys_fs()?)?;
+        // Classic tracepoints (the epoll probe) need tracefs; their record layout is read
+        // from it. Where it cannot be read the kernel's fixed sys_exit layout stands.
+        let (dir, _) = tracefs::ensure_mounted()?;
+        if let Ok((ret, nr)) = syscall_offsets(&dir) {
+            offsets.sys_exit_ret = ret;
+            offsets.sys_exit_nr = nr;
+        }
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&kernel_btf))
             .map_max_entries("EVENTS", opts.ring_bytes)
             .load(PROBES_OBJECT)?;
-        let mut flags = CONFIG_OFFSETS_VALID;
+        let filter_flags = opts.filter.flags();
+        let mut flags = CONFIG_OFFSETS_VALID | filter_flags;
         if opts.log {
             flags |= CONFIG_LOG;
         }
         let config = ProbeConfig {
             flags,
-            target_tgid: opts.target_tgid,
+            _pad: 0,
             offsets,
         };
         let map = ebpf.map_mut("CONFIG").ok_or(ProbeError::NoMap("CONFIG"))?;
@@ -146,32 +259,151 @@ impl Probes {
         };
         // Per-program run time and count (shown in summaries); harmless where refused.
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
-        Ok(Probes {
+        let mut probes = Probes {
             ebpf,
             kernel_btf,
             attached: Vec::new(),
+            loaded: BTreeSet::new(),
+            filter_flags,
             logger,
             _stats: stats,
-        })
+        };
+        for &tgid in &opts.filter.tgids {
+            probes.add_tgid(tgid)?;
+        }
+        for &port in &opts.filter.ports {
+            probes.add_port(port)?;
+        }
+        Ok(probes)
     }
 
-    /// Loads and attaches one probe.
+    /// Adds a process to the `TGIDS` filter (e.g. a new match of `--comm`).
+    pub fn add_tgid(&mut self, tgid: u32) -> Result<(), ProbeError> {
+        let err = |source| ProbeError::Map {
+            map: "TGIDS",
+            source,
+        };
+        let map = self
+            .ebpf
+            .map_mut("TGIDS")
+            .ok_or(ProbeError::NoMap("TGIDS"))?;
+        let mut tgids: HashMap<_, u32, u8> = HashMap::try_from(map).map_err(err)?;
+        tgids.insert(tgid, 1, 0).map_err(err)
+    }
+
+    /// Adds a local port to the `PORTS` filter.
+    pub fn add_port(&mut self, port: u16) -> Result<(), ProbeError> {
+        let err = |source| ProbeError::Map {
+            map: "PORTS",
+            source,
+        };
+        let map = self
+            .ebpf
+            .map_mut("PORTS")
+            .ok_or(ProbeError::NoMap("PORTS"))?;
+        let mut ports: HashMap<_, u16, u8> = HashMap::try_from(map).map_err(err)?;
+        ports.insert(port, 1, 0).map_err(err)
+    }
+
+    /// The processes in the `TGIDS` filter now (forks add to it in the kernel).
+    pub fn tgids(&self) -> Result<BTreeSet<u32>, ProbeError> {
+        let err = |source| ProbeError::Map {
+            map: "TGIDS",
+            source,
+        };
+        let map = self.ebpf.map("TGIDS").ok_or(ProbeError::NoMap("TGIDS"))?;
+        let tgids: HashMap<_, u32, u8> = HashMap::try_from(map).map_err(err)?;
+        tgids.keys().collect::<Result<_, _>>().map_err(err)
+    }
+
+    /// The local ports in the `PORTS` filter now (learned ones included).
+    pub fn ports(&self) -> Result<BTreeSet<u16>, ProbeError> {
+        let err = |source| ProbeError::Map {
+            map: "PORTS",
+            source,
+        };
+        let map = self.ebpf.map("PORTS").ok_or(ProbeError::NoMap("PORTS"))?;
+        let ports: HashMap<_, u16, u8> = HashMap::try_from(map).map_err(err)?;
+        ports.keys().collect::<Result<_, _>>().map_err(err)
+    }
+
+    /// The `CONFIG_FILTER_*` bits in force.
+    pub fn filter_flags(&self) -> u32 {
+        self.filter_flags
+    }
+
+    /// Loads and attaches one kernel probe (a tp_btf or classic tracepoint).
     pub fn attach(&mut self, kind: ProbeKind) -> Result<(), ProbeError> {
+        let program = kind.program();
+        let hook = kind.hook();
+        let err = |source| ProbeError::Program {
+            probe: kind.name(),
+            hook: match hook {
+                Hook::TpBtf(name) => name,
+                Hook::Tracepoints(category, _) => category,
+                Hook::Uprobe => "uprobe",
+                Hook::Uretprobe => "uretprobe",
+            },
+            source,
+        };
+        let prog = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(ProbeError::NoProgram(program))?;
+        match hook {
+            Hook::TpBtf(name) => {
+                let prog: &mut BtfTracePoint = prog.try_into().map_err(err)?;
+                prog.load(name, &self.kernel_btf).map_err(err)?;
+                prog.attach().map_err(err)?;
+            }
+            Hook::Tracepoints(category, names) => {
+                let prog: &mut TracePoint = prog.try_into().map_err(err)?;
+                prog.load().map_err(err)?;
+                for name in names {
+                    prog.attach(category, name).map_err(err)?;
+                }
+            }
+            Hook::Uprobe | Hook::Uretprobe => return Err(ProbeError::WrongHook(kind.name())),
+        }
+        self.loaded.insert(kind);
+        self.attached.push(kind);
+        Ok(())
+    }
+
+    /// Places a uprobe-type probe (`CallbackEntry`/`CallbackExit`/`UserEntry`/`UserExit`)
+    /// on `target`. May be called many times per probe.
+    pub fn attach_uprobe(
+        &mut self,
+        kind: ProbeKind,
+        target: &UprobeTarget,
+    ) -> Result<(), ProbeError> {
+        if !matches!(kind.hook(), Hook::Uprobe | Hook::Uretprobe) {
+            return Err(ProbeError::WrongHook(kind.name()));
+        }
         let program = kind.program();
         let err = |source| ProbeError::Program {
             probe: kind.name(),
-            hook: kind.hook(),
+            hook: "uprobe",
             source,
         };
-        let prog: &mut BtfTracePoint = self
+        let prog: &mut UProbe = self
             .ebpf
             .program_mut(program)
             .ok_or(ProbeError::NoProgram(program))?
             .try_into()
             .map_err(err)?;
-        prog.load(kind.hook(), &self.kernel_btf).map_err(err)?;
-        prog.attach().map_err(err)?;
-        self.attached.push(kind);
+        if self.loaded.insert(kind) {
+            prog.load().map_err(err)?;
+            self.attached.push(kind);
+        }
+        // Every process mapping the binary: a per-process perf event would only follow
+        // one thread. The tgid filter in the probe picks the traced processes.
+        let scope = UProbeScope::AllProcesses;
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::Symbol(&target.symbol),
+            cookie: Some(target.cookie),
+        };
+        prog.attach(point, &target.binary, scope).map_err(err)?;
         Ok(())
     }
 

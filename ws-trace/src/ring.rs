@@ -31,9 +31,14 @@ impl EventReader {
         self.decode_errors
     }
 
-    /// Waits up to `timeout` for records, then hands every available event to `f`.
-    /// Returns how many events were handed over. A signal ends the wait early.
-    pub fn poll(&mut self, timeout: Duration, f: impl FnMut(Event)) -> Result<usize, RingError> {
+    /// Waits up to `timeout` for records, then hands every available event, with its raw
+    /// record bytes, to `f`. Returns how many events were handed over. A signal ends the
+    /// wait early.
+    pub fn poll(
+        &mut self,
+        timeout: Duration,
+        f: impl FnMut(&[u8], Event),
+    ) -> Result<usize, RingError> {
         let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
         let mut fds = [PollFd::new(self.ring.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(ms)) {
@@ -44,13 +49,13 @@ impl EventReader {
     }
 
     /// Hands every record available now to `f`, without waiting.
-    pub fn drain(&mut self, mut f: impl FnMut(Event)) -> usize {
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8], Event)) -> usize {
         let mut n = 0;
         while let Some(item) = self.ring.next() {
             match decode(&item) {
                 Ok(event) => {
                     n += 1;
-                    f(event);
+                    f(&item, event);
                 }
                 Err(_) => self.decode_errors += 1,
             }

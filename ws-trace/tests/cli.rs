@@ -17,7 +17,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Ids of loaded BPF programs whose name is one of our probes' (the kernel keeps 15 chars).
 fn our_program_ids() -> BTreeSet<u32> {
-    let names: Vec<String> = ProbeKind::ALL
+    let names: Vec<String> = ProbeKind::KERNEL
         .iter()
         .map(|k| k.program().chars().take(15).collect())
         .collect();
@@ -108,10 +108,14 @@ fn attach_counts_events_and_exits_cleanly() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("attach --json is JSON");
     let probes = v["probes"].as_array().expect("probes");
-    assert_eq!(probes.len(), ProbeKind::ALL.len());
+    assert_eq!(probes.len(), ProbeKind::KERNEL.len());
     for p in probes {
-        assert!(p["events"].as_u64().unwrap_or(0) > 0, "no events: {p}");
         assert_eq!(p["drops"], 0, "{p}");
+        // The loopback traffic this test makes passes every probe but the NAPI one
+        // (loopback is not a NAPI device).
+        if p["probe"] != "napi_gro_receive" {
+            assert!(p["events"].as_u64().unwrap_or(0) > 0, "no events: {p}");
+        }
     }
     assert_unloaded(&ids, "a timed attach");
 }
@@ -128,6 +132,11 @@ fn ws_tests_traffic() {
         c.write_all(&buf).expect("write");
         s.read_exact(&mut buf).expect("read");
     }
+    // And an epoll_wait return for the epoll probe.
+    let epoll = nix::sys::epoll::Epoll::new(nix::sys::epoll::EpollCreateFlags::empty())
+        .expect("epoll_create");
+    let mut ready = [nix::sys::epoll::EpollEvent::empty(); 1];
+    epoll.wait(&mut ready, 0u8).expect("epoll_wait");
 }
 
 /// Waits until a full set of our probes that were not loaded `before` is loaded; returns
@@ -136,10 +145,10 @@ fn wait_for_new_probes(before: &BTreeSet<u32>) -> BTreeSet<u32> {
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         let ids: BTreeSet<u32> = our_program_ids().difference(before).copied().collect();
-        if ids.len() >= ProbeKind::ALL.len() || Instant::now() > until {
+        if ids.len() >= ProbeKind::KERNEL.len() || Instant::now() > until {
             assert_eq!(
                 ids.len(),
-                ProbeKind::ALL.len(),
+                ProbeKind::KERNEL.len(),
                 "attach did not load its probes"
             );
             return ids;

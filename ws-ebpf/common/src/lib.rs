@@ -26,7 +26,7 @@ pub const NET_RX_SOFTIRQ: u32 = 3;
 #[repr(u16)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ProbeKind {
-    /// `netif_receive_skb(skb)`: a packet enters the stack from the NIC (or loopback).
+    /// `netif_receive_skb(skb)`: a packet enters the protocol stack.
     NetifReceiveSkb = 0,
     /// `softirq_raise(vec)` for `NET_RX`.
     SoftirqRaise = 1,
@@ -34,10 +34,47 @@ pub enum ProbeKind {
     SoftirqEntry = 2,
     /// `softirq_exit(vec)` for `NET_RX`.
     SoftirqExit = 3,
+    /// `netif_rx(skb)`: a non-NAPI device (loopback, veth) queues a received packet.
+    NetifRx = 4,
+    /// `napi_gro_receive_entry(skb)`: a NAPI driver hands a received packet to GRO.
+    NapiGroReceive = 5,
+    /// `tcp_probe(sk, skb)`: a segment reaches an established TCP socket.
+    TcpProbe = 6,
+    /// `sched_wakeup(p)`: a traced thread is woken.
+    SchedWakeup = 7,
+    /// `sched_switch(preempt, prev, next, state)`: a traced thread goes on or off CPU.
+    SchedSwitch = 8,
+    /// `syscalls:sys_exit_epoll_wait` / `epoll_pwait` / `epoll_pwait2` of a traced thread.
+    EpollExit = 9,
+    /// `sock_recv_length(sk, ret, flags)`: a traced thread read from a socket.
+    SockRecv = 10,
+    /// Uprobe on the engine's probe function: a message is handed to the callback.
+    CallbackEntry = 11,
+    /// Uretprobe on the engine's probe function: the callback returned.
+    CallbackExit = 12,
+    /// Uprobe on a user-chosen `BINARY:SYMBOL`.
+    UserEntry = 13,
+    /// Uretprobe on a user-chosen `BINARY:SYMBOL`.
+    UserExit = 14,
+    /// `sched_process_fork(parent, child)`: a traced process forked (the child is traced too).
+    ProcessFork = 15,
 }
 
 /// Number of [`ProbeKind`] values; the length of per-probe arrays.
-pub const PROBE_COUNT: usize = 4;
+pub const PROBE_COUNT: usize = 16;
+
+/// How a probe attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// A BTF-typed tracepoint (`tp_btf`) of this name.
+    TpBtf(&'static str),
+    /// Classic tracepoints (category, names): one program attached to each.
+    Tracepoints(&'static str, &'static [&'static str]),
+    /// A uprobe (entry) placed by user space.
+    Uprobe,
+    /// A uretprobe (return) placed by user space.
+    Uretprobe,
+}
 
 impl ProbeKind {
     /// All probes, in `kind` order.
@@ -46,6 +83,33 @@ impl ProbeKind {
         ProbeKind::SoftirqRaise,
         ProbeKind::SoftirqEntry,
         ProbeKind::SoftirqExit,
+        ProbeKind::NetifRx,
+        ProbeKind::NapiGroReceive,
+        ProbeKind::TcpProbe,
+        ProbeKind::SchedWakeup,
+        ProbeKind::SchedSwitch,
+        ProbeKind::EpollExit,
+        ProbeKind::SockRecv,
+        ProbeKind::CallbackEntry,
+        ProbeKind::CallbackExit,
+        ProbeKind::UserEntry,
+        ProbeKind::UserExit,
+        ProbeKind::ProcessFork,
+    ];
+
+    /// The kernel-side probes (everything but uprobes), attached by every session.
+    pub const KERNEL: [ProbeKind; 11] = [
+        ProbeKind::NetifReceiveSkb,
+        ProbeKind::SoftirqRaise,
+        ProbeKind::SoftirqEntry,
+        ProbeKind::SoftirqExit,
+        ProbeKind::NetifRx,
+        ProbeKind::NapiGroReceive,
+        ProbeKind::TcpProbe,
+        ProbeKind::SchedWakeup,
+        ProbeKind::SchedSwitch,
+        ProbeKind::EpollExit,
+        ProbeKind::SockRecv,
     ];
 
     /// The probe for a record's `kind`, if it is one this ABI knows.
@@ -57,42 +121,93 @@ impl ProbeKind {
         }
     }
 
-    /// Short, stable name used in reports and trace files.
+    /// Short, stable name used in reports and trace files (also the eBPF program's name).
     pub const fn name(self) -> &'static str {
         match self {
             ProbeKind::NetifReceiveSkb => "netif_receive_skb",
             ProbeKind::SoftirqRaise => "softirq_raise",
             ProbeKind::SoftirqEntry => "softirq_entry",
             ProbeKind::SoftirqExit => "softirq_exit",
+            ProbeKind::NetifRx => "netif_rx",
+            ProbeKind::NapiGroReceive => "napi_gro_receive",
+            ProbeKind::TcpProbe => "tcp_probe",
+            ProbeKind::SchedWakeup => "sched_wakeup",
+            ProbeKind::SchedSwitch => "sched_switch",
+            ProbeKind::EpollExit => "epoll_exit",
+            ProbeKind::SockRecv => "sock_recv",
+            ProbeKind::CallbackEntry => "callback_entry",
+            ProbeKind::CallbackExit => "callback_exit",
+            ProbeKind::UserEntry => "user_entry",
+            ProbeKind::UserExit => "user_exit",
+            ProbeKind::ProcessFork => "process_fork",
         }
     }
 
     /// Name of the eBPF program implementing this probe in the ws-ebpf object.
     pub const fn program(self) -> &'static str {
+        self.name()
+    }
+
+    /// The stage of design.md this probe stamps.
+    pub const fn stage(self) -> &'static str {
         match self {
-            ProbeKind::NetifReceiveSkb => "netif_receive_skb",
-            ProbeKind::SoftirqRaise => "softirq_raise",
-            ProbeKind::SoftirqEntry => "softirq_entry",
-            ProbeKind::SoftirqExit => "softirq_exit",
+            ProbeKind::NetifReceiveSkb | ProbeKind::NetifRx | ProbeKind::NapiGroReceive => "nic",
+            ProbeKind::SoftirqRaise | ProbeKind::SoftirqEntry | ProbeKind::SoftirqExit => "softirq",
+            ProbeKind::TcpProbe => "tcp",
+            ProbeKind::SchedWakeup | ProbeKind::SchedSwitch | ProbeKind::ProcessFork => "sched",
+            ProbeKind::EpollExit => "epoll",
+            ProbeKind::SockRecv => "recv",
+            ProbeKind::CallbackEntry | ProbeKind::CallbackExit => "callback",
+            ProbeKind::UserEntry | ProbeKind::UserExit => "uprobe",
         }
     }
 
-    /// The kernel hook the probe attaches to (a BTF-typed tracepoint name).
-    pub const fn hook(self) -> &'static str {
+    /// Where the probe attaches.
+    pub const fn hook(self) -> Hook {
         match self {
-            ProbeKind::NetifReceiveSkb => "netif_receive_skb",
-            ProbeKind::SoftirqRaise => "softirq_raise",
-            ProbeKind::SoftirqEntry => "softirq_entry",
-            ProbeKind::SoftirqExit => "softirq_exit",
+            ProbeKind::NetifReceiveSkb => Hook::TpBtf("netif_receive_skb"),
+            ProbeKind::SoftirqRaise => Hook::TpBtf("softirq_raise"),
+            ProbeKind::SoftirqEntry => Hook::TpBtf("softirq_entry"),
+            ProbeKind::SoftirqExit => Hook::TpBtf("softirq_exit"),
+            ProbeKind::NetifRx => Hook::TpBtf("netif_rx"),
+            ProbeKind::NapiGroReceive => Hook::TpBtf("napi_gro_receive_entry"),
+            ProbeKind::TcpProbe => Hook::TpBtf("tcp_probe"),
+            ProbeKind::SchedWakeup => Hook::TpBtf("sched_wakeup"),
+            ProbeKind::SchedSwitch => Hook::TpBtf("sched_switch"),
+            ProbeKind::EpollExit => Hook::Tracepoints(
+                "syscalls",
+                &[
+                    "sys_exit_epoll_wait",
+                    "sys_exit_epoll_pwait",
+                    "sys_exit_epoll_pwait2",
+                ],
+            ),
+            ProbeKind::SockRecv => Hook::TpBtf("sock_recv_length"),
+            ProbeKind::CallbackEntry | ProbeKind::UserEntry => Hook::Uprobe,
+            ProbeKind::CallbackExit | ProbeKind::UserExit => Hook::Uretprobe,
+            ProbeKind::ProcessFork => Hook::TpBtf("sched_process_fork"),
         }
     }
 
     /// Size in bytes of the record this probe writes.
     pub const fn record_size(self) -> usize {
+        use core::mem::size_of;
         match self {
-            ProbeKind::NetifReceiveSkb => core::mem::size_of::<SkbEvent>(),
+            ProbeKind::NetifReceiveSkb | ProbeKind::NetifRx | ProbeKind::NapiGroReceive => {
+                size_of::<SkbEvent>()
+            }
             ProbeKind::SoftirqRaise | ProbeKind::SoftirqEntry | ProbeKind::SoftirqExit => {
-                core::mem::size_of::<SoftirqEvent>()
+                size_of::<SoftirqEvent>()
+            }
+            ProbeKind::TcpProbe => size_of::<TcpEvent>(),
+            ProbeKind::SchedWakeup | ProbeKind::SchedSwitch | ProbeKind::ProcessFork => {
+                size_of::<SchedEvent>()
+            }
+            ProbeKind::EpollExit => size_of::<SyscallEvent>(),
+            ProbeKind::SockRecv => size_of::<RecvEvent>(),
+            ProbeKind::CallbackEntry => size_of::<CallbackEvent>(),
+            ProbeKind::CallbackExit | ProbeKind::UserEntry | ProbeKind::UserExit => {
+                size_of::<UprobeEvent>()
             }
         }
     }
@@ -116,7 +231,27 @@ pub struct EventHeader {
     pub _pad: u32,
 }
 
-/// `netif_receive_skb`: one packet handed to the network stack.
+/// A TCP/UDP flow as seen in a packet: addresses (IPv4; zero for IPv6), ports, protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    /// Source IPv4 address, network byte order as read (0 if not IPv4).
+    pub saddr: u32,
+    /// Destination IPv4 address, network byte order as read (0 if not IPv4).
+    pub daddr: u32,
+    /// Source port, host byte order (0 if not TCP/UDP).
+    pub sport: u16,
+    /// Destination port, host byte order (0 if not TCP/UDP).
+    pub dport: u16,
+    /// IP protocol (6 TCP, 17 UDP), 0 if unknown.
+    pub protocol: u8,
+    /// IP version (4 or 6), 0 if unknown.
+    pub ip_version: u8,
+    /// Reserved, zero.
+    pub _pad: u16,
+}
+
+/// A packet event: `netif_receive_skb`, `netif_rx`, `napi_gro_receive_entry`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SkbEvent {
@@ -124,10 +259,12 @@ pub struct SkbEvent {
     pub hdr: EventHeader,
     /// Kernel address of the `struct sk_buff` (a join key within one trace).
     pub skb: u64,
-    /// `skb->len`: bytes in the packet at this layer (IP header onwards).
+    /// `skb->len`: bytes in the packet at this layer.
     pub len: u32,
     /// `skb->dev->ifindex`, 0 when unknown.
     pub ifindex: u32,
+    /// The packet's flow, parsed from its IP header.
+    pub flow: Flow,
 }
 
 /// `softirq_raise` / `softirq_entry` / `softirq_exit` for `NET_RX`.
@@ -142,6 +279,122 @@ pub struct SoftirqEvent {
     pub _pad: u32,
 }
 
+/// `tcp_probe`: a segment reaching an established socket, before it is queued.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpEvent {
+    /// Common header.
+    pub hdr: EventHeader,
+    /// `sk->sk_cookie` (0 until someone asked for it, e.g. `SO_COOKIE`).
+    pub cookie: u64,
+    /// Kernel address of the socket.
+    pub sk: u64,
+    /// Kernel address of the segment's `sk_buff` (joins the nic events).
+    pub skb: u64,
+    /// `TCP_SKB_CB(skb)->seq`.
+    pub seq: u32,
+    /// `TCP_SKB_CB(skb)->end_seq`.
+    pub end_seq: u32,
+    /// `tp->rcv_nxt` before this segment is processed.
+    pub rcv_nxt: u32,
+    /// `tp->copied_seq`: how far the application has read.
+    pub copied_seq: u32,
+    /// Local port (host order).
+    pub lport: u16,
+    /// Remote port (host order).
+    pub rport: u16,
+    /// `TCP_SKB_CB(skb)->tcp_flags`.
+    pub tcp_flags: u8,
+    /// Reserved, zero.
+    pub _pad: [u8; 3],
+}
+
+/// Scheduler events of traced threads.
+///
+/// `sched_wakeup`: `next_*` is the woken thread, `target_cpu` where it will run.
+/// `sched_switch`: `prev_*` leaves the CPU (in `prev_state`), `next_*` takes it.
+/// `sched_process_fork`: `prev_*` is the parent, `next_*` the child.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedEvent {
+    /// Common header.
+    pub hdr: EventHeader,
+    /// Thread leaving the CPU / forking parent (0 for wakeups).
+    pub prev_tid: u32,
+    /// Its process.
+    pub prev_tgid: u32,
+    /// Thread woken / taking the CPU / forked child.
+    pub next_tid: u32,
+    /// Its process.
+    pub next_tgid: u32,
+    /// `sched_wakeup`: CPU the woken thread will run on.
+    pub target_cpu: u32,
+    /// `sched_switch`: `prev`'s state (0 = runnable, i.e. preempted).
+    pub prev_state: u32,
+}
+
+/// The return of a syscall (epoll_wait and friends).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallEvent {
+    /// Common header.
+    pub hdr: EventHeader,
+    /// The return value (ready fds, or -errno).
+    pub ret: i64,
+    /// Syscall number.
+    pub nr: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+}
+
+/// `sock_recv_length`: a traced thread's read from a socket returned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecvEvent {
+    /// Common header.
+    pub hdr: EventHeader,
+    /// `sk->sk_cookie`.
+    pub cookie: u64,
+    /// Kernel address of the socket.
+    pub sk: u64,
+    /// Bytes read, or -errno.
+    pub ret: i64,
+    /// `tp->copied_seq` after the read (TCP only).
+    pub copied_seq: u32,
+    /// `tp->rcv_nxt` at that moment (TCP only).
+    pub rcv_nxt: u32,
+    /// Local port (host order).
+    pub lport: u16,
+    /// Remote port (host order).
+    pub rport: u16,
+    /// recvmsg flags.
+    pub flags: u32,
+}
+
+/// The engine handed a message to the callback (uprobe on [`ENGINE_PROBE_SYMBOL`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallbackEvent {
+    /// Common header.
+    pub hdr: EventHeader,
+    /// Attach cookie: which attached binary this came from.
+    pub attach: u64,
+    /// The engine's probe struct, read from the process.
+    pub probe: MsgProbe,
+}
+
+/// A uprobe or uretprobe hit (callback exit, or a user-chosen symbol).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UprobeEvent {
+    /// Common header.
+    pub hdr: EventHeader,
+    /// Attach cookie: index of the `--uprobe` (or binary) this came from.
+    pub attach: u64,
+    /// First argument (entry) or return value (exit).
+    pub value: u64,
+}
+
 /// Field offsets of kernel structs, read by user space from the running kernel's BTF
 /// and handed to the probes, so one probe build works across kernel versions.
 #[repr(C)]
@@ -151,8 +404,40 @@ pub struct KernelOffsets {
     pub sk_buff_len: u32,
     /// `offsetof(struct sk_buff, dev)`.
     pub sk_buff_dev: u32,
+    /// `offsetof(struct sk_buff, data)`.
+    pub sk_buff_data: u32,
+    /// `offsetof(struct sk_buff, cb)`: `struct tcp_skb_cb` lives there.
+    pub sk_buff_cb: u32,
     /// `offsetof(struct net_device, ifindex)`.
     pub net_device_ifindex: u32,
+    /// `offsetof(struct tcp_skb_cb, seq)`.
+    pub tcp_skb_cb_seq: u32,
+    /// `offsetof(struct tcp_skb_cb, end_seq)`.
+    pub tcp_skb_cb_end_seq: u32,
+    /// `offsetof(struct tcp_skb_cb, tcp_flags)`.
+    pub tcp_skb_cb_tcp_flags: u32,
+    /// `offsetof(struct sock_common, skc_dport)` (`struct sock` starts with it).
+    pub sock_dport: u32,
+    /// `offsetof(struct sock_common, skc_num)`.
+    pub sock_num: u32,
+    /// `offsetof(struct sock, sk_cookie)` (in `sock_common`).
+    pub sock_cookie: u32,
+    /// `offsetof(struct sock, sk_protocol)`.
+    pub sock_protocol: u32,
+    /// `offsetof(struct tcp_sock, rcv_nxt)`.
+    pub tcp_sock_rcv_nxt: u32,
+    /// `offsetof(struct tcp_sock, copied_seq)`.
+    pub tcp_sock_copied_seq: u32,
+    /// `offsetof(struct task_struct, pid)`.
+    pub task_pid: u32,
+    /// `offsetof(struct task_struct, tgid)`.
+    pub task_tgid: u32,
+    /// Offset of the CPU number within `struct task_struct` (`thread_info.cpu`).
+    pub task_cpu: u32,
+    /// Offset of `ret` in the `syscalls:sys_exit_*` tracepoint record (from tracefs).
+    pub sys_exit_ret: u32,
+    /// Offset of `__syscall_nr` in the `syscalls:sys_exit_*` tracepoint record.
+    pub sys_exit_nr: u32,
     /// Reserved, zero.
     pub _pad: u32,
 }
@@ -164,8 +449,8 @@ pub struct KernelOffsets {
 pub struct ProbeConfig {
     /// `CONFIG_*` bits.
     pub flags: u32,
-    /// Only record task-context events of this process (0: every process).
-    pub target_tgid: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
     /// Kernel struct offsets (see [`KernelOffsets`]).
     pub offsets: KernelOffsets,
 }
@@ -174,6 +459,21 @@ pub struct ProbeConfig {
 pub const CONFIG_LOG: u32 = 1;
 /// [`ProbeConfig::flags`]: the offsets are valid (user space read them from BTF).
 pub const CONFIG_OFFSETS_VALID: u32 = 2;
+/// [`ProbeConfig::flags`]: task-context probes keep only threads of processes in `TGIDS`.
+pub const CONFIG_FILTER_TGID: u32 = 4;
+/// [`ProbeConfig::flags`]: packet and socket probes keep only flows whose local port is
+/// in `PORTS`. Reads by traced processes add their sockets' local ports to `PORTS`.
+pub const CONFIG_FILTER_PORTS: u32 = 8;
+/// [`ProbeConfig::flags`]: children forked by traced processes are traced too.
+pub const CONFIG_FOLLOW_FORKS: u32 = 16;
+/// [`ProbeConfig::flags`]: a read by a traced process adds its socket's local port to
+/// `PORTS` (so `--pid` alone follows the process's own connections).
+pub const CONFIG_LEARN_PORTS: u32 = 32;
+
+/// Capacity of the `TGIDS` filter map.
+pub const MAX_TGIDS: u32 = 1024;
+/// Capacity of the `PORTS` filter map.
+pub const MAX_PORTS: u32 = 1024;
 
 /// Which receive path a connection's bytes take, as seen by the engine.
 #[repr(u8)]
@@ -245,6 +545,18 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SoftirqEvent {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::TcpEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SchedEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SyscallEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RecvEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CallbackEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::UprobeEvent {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProbeConfig {}
@@ -260,9 +572,17 @@ mod tests {
     #[test]
     fn layouts_are_padding_free() {
         assert_eq!(size_of::<EventHeader>(), 24);
-        assert_eq!(size_of::<SkbEvent>(), 40);
+        assert_eq!(size_of::<Flow>(), 16);
+        assert_eq!(size_of::<SkbEvent>(), 56);
         assert_eq!(size_of::<SoftirqEvent>(), 32);
-        assert_eq!(size_of::<ProbeConfig>(), 24);
+        assert_eq!(size_of::<TcpEvent>(), 72);
+        assert_eq!(size_of::<SchedEvent>(), 48);
+        assert_eq!(size_of::<SyscallEvent>(), 40);
+        assert_eq!(size_of::<RecvEvent>(), 64);
+        assert_eq!(size_of::<CallbackEvent>(), 136);
+        assert_eq!(size_of::<UprobeEvent>(), 40);
+        assert_eq!(size_of::<KernelOffsets>(), 80);
+        assert_eq!(size_of::<ProbeConfig>(), 88);
         assert_eq!(size_of::<MsgStamps>(), 48);
         assert_eq!(size_of::<MsgProbe>(), 104);
     }
@@ -274,5 +594,8 @@ mod tests {
             assert_eq!(ProbeKind::from_u16(i as u16), Some(*k));
         }
         assert_eq!(ProbeKind::from_u16(PROBE_COUNT as u16), None);
+        for k in ProbeKind::KERNEL {
+            assert!(!matches!(k.hook(), Hook::Uprobe | Hook::Uretprobe));
+        }
     }
 }

@@ -1,0 +1,208 @@
+//! A traced ws-engine client, for real: every stage's events arrive for the right thread,
+//! socket and port, an unrelated flow is filtered out, uprobes count every message.
+use std::{
+    collections::BTreeSet,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use ws_abi::ProbeKind;
+use ws_tests::{
+    feed::{self, Feed},
+    require_for_test,
+};
+use ws_trace::{
+    attach::{self, AttachOptions, Plan},
+    decode::Event,
+    probes::{Filter, LoadOptions},
+    target::Target,
+};
+
+const CLIENT: &str = env!("CARGO_BIN_EXE_feed_client");
+const MESSAGES: usize = 300;
+const SIZE: usize = 200;
+
+/// A loopback echo between two threads of this (untraced) process until `stop`.
+fn unrelated_flow(stop: Arc<AtomicBool>) -> (BTreeSet<u16>, std::thread::JoinHandle<()>) {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut c =
+        std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (mut s, _) = listener.accept().expect("accept");
+    let ports = BTreeSet::from([
+        c.local_addr().expect("addr").port(),
+        s.local_addr().expect("addr").port(),
+    ]);
+    let handle = std::thread::spawn(move || {
+        let mut buf = [0u8; 300];
+        while !stop.load(Ordering::Relaxed) {
+            if c.write_all(&buf).is_err() || s.read_exact(&mut buf).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    });
+    (ports, handle)
+}
+
+#[test]
+fn every_stage_arrives_for_the_traced_engine_client() {
+    if !require_for_test("every_stage_arrives_for_the_traced_engine_client") {
+        return;
+    }
+    let stop_unrelated = Arc::new(AtomicBool::new(false));
+    let (unrelated_ports, unrelated) = unrelated_flow(stop_unrelated.clone());
+    let (url, server_addr, server) = feed::serve(Feed {
+        count: MESSAGES,
+        size: SIZE,
+        gap: Duration::from_micros(300),
+    })
+    .expect("feed server");
+    let mut target = Target::spawn(&[CLIENT.to_string(), url]).expect("spawn client");
+    let tgid = *target.tgids().expect("tgids").first().expect("one pid");
+    let binary = PathBuf::from(CLIENT);
+    let mut kinds = ProbeKind::KERNEL.to_vec();
+    kinds.push(ProbeKind::ProcessFork);
+    let opts = AttachOptions {
+        plan: Plan {
+            load: LoadOptions {
+                filter: Filter::process(tgid),
+                ..LoadOptions::default()
+            },
+            kinds,
+            engine_binaries: vec![binary.clone()],
+            user_uprobes: vec![(binary, "feed_client_tick".into())],
+        },
+        duration: Some(Duration::from_secs(60)),
+        refresh: None,
+    };
+    let mut events: Vec<Event> = Vec::new();
+    let never = AtomicBool::new(false);
+    let summary = attach::run(&opts, &mut target, &never, |_| {}, |_, e| events.push(*e))
+        .expect("attach session");
+    stop_unrelated.store(true, Ordering::Relaxed);
+    let sent = server.join().expect("server thread").expect("server");
+    unrelated.join().expect("unrelated flow");
+    assert_eq!(sent.messages, MESSAGES);
+    assert_eq!(summary.total_drops(), 0, "{summary}");
+    assert!(
+        summary.notes.iter().any(|n| n.contains("exited")),
+        "{summary}"
+    );
+
+    let of = |kind: ProbeKind| events.iter().filter(move |e| e.kind() == kind);
+
+    // Callback uprobes: one entry and one exit per message, from the client, in order.
+    let entries: Vec<_> = of(ProbeKind::CallbackEntry)
+        .filter_map(|e| match e {
+            Event::Callback(c) => Some(*c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(entries.len(), MESSAGES, "callback entries\n{summary}");
+    assert_eq!(
+        of(ProbeKind::CallbackExit).count(),
+        MESSAGES,
+        "callback exits"
+    );
+    let cookie = entries[0].probe.sock_cookie;
+    assert_ne!(cookie, 0, "the engine did not report its socket cookie");
+    for (i, c) in entries.iter().enumerate() {
+        assert_eq!(c.hdr.tgid, tgid);
+        assert_eq!(c.probe.msg_seq, i as u64);
+        assert_eq!(c.probe.len, SIZE as u64);
+        assert_eq!(c.probe.sock_cookie, cookie);
+        assert_eq!(c.probe.abi_version, ws_abi::ABI_VERSION);
+    }
+    // The user uprobe saw each message's index as its argument.
+    let ticks: Vec<u64> = of(ProbeKind::UserEntry)
+        .filter_map(|e| match e {
+            Event::Uprobe(u) => Some(u.value),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ticks, (0..MESSAGES as u64).collect::<Vec<_>>());
+    assert_eq!(of(ProbeKind::UserExit).count(), MESSAGES);
+
+    // Reads: all by the client, on its socket; together exactly what the server wrote.
+    let reads: Vec<_> = of(ProbeKind::SockRecv)
+        .filter_map(|e| match e {
+            Event::Recv(r) => Some(*r),
+            _ => None,
+        })
+        .collect();
+    assert!(!reads.is_empty());
+    let client_port = reads[0].lport;
+    for r in &reads {
+        assert_eq!(r.hdr.tgid, tgid, "read by another process: {r:?}");
+        assert_eq!(r.cookie, cookie, "{r:?}");
+        assert_eq!((r.lport, r.rport), (client_port, server_addr.port()));
+    }
+    let read_bytes: i64 = reads.iter().map(|r| r.ret.max(0)).sum();
+    assert_eq!(
+        read_bytes as u64, sent.bytes,
+        "bytes read vs bytes the server wrote"
+    );
+
+    // Segments: on the client's socket only; they carry (nearly) the whole stream. The
+    // first ones can arrive before the first read taught the filter the client's port.
+    let mut seg_bytes = 0u64;
+    for e in of(ProbeKind::TcpProbe) {
+        let Event::Tcp(t) = e else { continue };
+        assert_eq!(t.lport, client_port, "segment of another socket: {t:?}");
+        assert_eq!(t.cookie, cookie);
+        seg_bytes += u64::from(t.end_seq.wrapping_sub(t.seq));
+    }
+    assert!(
+        seg_bytes * 10 >= sent.bytes * 9,
+        "segments carried {seg_bytes} of {} bytes",
+        sent.bytes
+    );
+
+    // Packets: addressed to the client's port, none of the unrelated flow's.
+    for kind in [ProbeKind::NetifReceiveSkb, ProbeKind::NetifRx] {
+        let n = of(kind)
+            .map(|e| match e {
+                Event::Skb(s) => {
+                    assert_eq!(s.flow.dport, client_port, "{kind:?} of another flow: {s:?}");
+                    assert!(!unrelated_ports.contains(&s.flow.sport));
+                    1
+                }
+                _ => 0,
+            })
+            .sum::<usize>();
+        assert!(n > 0, "no {kind:?} events for the client's port");
+    }
+    assert!(of(ProbeKind::SoftirqEntry).count() > 0);
+
+    // Scheduler and epoll: the client's threads.
+    let wakeups = of(ProbeKind::SchedWakeup)
+        .filter(|e| matches!(e, Event::Sched(s) if s.next_tgid == tgid))
+        .count();
+    assert!(wakeups > 0, "no wakeups of the client");
+    for e in of(ProbeKind::SchedSwitch) {
+        let Event::Sched(s) = e else { continue };
+        assert!(
+            s.prev_tgid == tgid || s.next_tgid == tgid,
+            "switch of untraced threads: {s:?}"
+        );
+    }
+    let epolls: Vec<_> = of(ProbeKind::EpollExit).collect();
+    assert!(!epolls.is_empty(), "no epoll returns");
+    assert!(epolls.iter().all(|e| e.header().tgid == tgid));
+
+    // Nothing at all from this (untraced) test process.
+    let me = std::process::id();
+    for e in &events {
+        if matches!(
+            e.kind(),
+            ProbeKind::SockRecv | ProbeKind::EpollExit | ProbeKind::CallbackEntry
+        ) {
+            assert_ne!(e.header().tgid, me);
+        }
+    }
+}
