@@ -11,10 +11,8 @@ use std::{
 };
 
 use ws_abi::ProbeKind;
-use ws_tests::{
-    feed::{self, Feed},
-    require_for_test,
-};
+use ws_engine::server::{Feed, FeedServer};
+use ws_tests::require_for_test;
 use ws_trace::{
     attach::{self, AttachOptions, Plan},
     decode::Event,
@@ -56,13 +54,15 @@ fn every_stage_arrives_for_the_traced_engine_client() {
     }
     let stop_unrelated = Arc::new(AtomicBool::new(false));
     let (unrelated_ports, unrelated) = unrelated_flow(stop_unrelated.clone());
-    let (url, server_addr, server) = feed::serve(Feed {
+    let server = FeedServer::start(Feed {
         count: MESSAGES,
         size: SIZE,
         gap: Duration::from_micros(300),
     })
     .expect("feed server");
-    let mut target = Target::spawn(&[CLIENT.to_string(), url]).expect("spawn client");
+    let server_addr = server.addr();
+    let mut target =
+        Target::spawn(&[CLIENT.to_string(), server.url().to_string()]).expect("spawn client");
     let tgid = *target.tgids().expect("tgids").first().expect("one pid");
     let binary = PathBuf::from(CLIENT);
     let mut kinds = ProbeKind::KERNEL.to_vec();
@@ -85,7 +85,7 @@ fn every_stage_arrives_for_the_traced_engine_client() {
     let summary = attach::run(&opts, &mut target, &never, |_| {}, |_, e| events.push(*e))
         .expect("attach session");
     stop_unrelated.store(true, Ordering::Relaxed);
-    let sent = server.join().expect("server thread").expect("server");
+    let sent = server.join().expect("feed server");
     unrelated.join().expect("unrelated flow");
     assert_eq!(sent.messages, MESSAGES);
     assert_eq!(summary.total_drops(), 0, "{summary}");

@@ -5,8 +5,6 @@ use std::{
     thread,
 };
 
-pub mod feed;
-
 pub use ws_trace::privileges::require_for_test;
 
 /// CLOCK_MONOTONIC now, in ns: the clock of `bpf_ktime_get_ns`.

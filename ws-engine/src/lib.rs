@@ -18,6 +18,7 @@ pub mod handshake;
 pub mod mask;
 pub mod probe;
 pub mod ring;
+pub mod server;
 pub mod stamps;
 pub mod transport;
 pub mod utf8;

@@ -1,0 +1,178 @@
+//! The server role, only as far as tests, benchmarks and the demo need it: a feed server
+//! that accepts one connection, completes the upgrade and streams binary messages.
+//!
+//! Each message starts with its index (little-endian u64, when it fits), so a receiver can
+//! check order and completeness. With no gap between messages, frames are pre-encoded in
+//! batches and written back to back: a blast for throughput measurements.
+use std::{
+    io::{self, BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    thread::{self, JoinHandle},
+    time::Duration,
+};
+
+use crate::{
+    frame::{MAX_HEADER, OpCode, encode_header},
+    handshake::accept_key,
+};
+
+/// What the server sends.
+#[derive(Clone, Copy, Debug)]
+pub struct Feed {
+    /// Messages to send.
+    pub count: usize,
+    /// Payload bytes per message.
+    pub size: usize,
+    /// Pause between messages (zero: as fast as the socket takes them).
+    pub gap: Duration,
+}
+
+/// What the server did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sent {
+    /// Data messages sent.
+    pub messages: usize,
+    /// Bytes written on the connection, upgrade response and close frame included.
+    pub bytes: u64,
+}
+
+/// A running feed server.
+pub struct FeedServer {
+    url: String,
+    addr: SocketAddr,
+    handle: JoinHandle<io::Result<Sent>>,
+}
+
+impl FeedServer {
+    /// Listens on 127.0.0.1 (an ephemeral port) and serves one connection.
+    pub fn start(feed: Feed) -> io::Result<FeedServer> {
+        FeedServer::start_on("127.0.0.1:0", feed)
+    }
+
+    /// Listens on `bind` and serves one connection.
+    pub fn start_on(bind: &str, feed: Feed) -> io::Result<FeedServer> {
+        let listener = TcpListener::bind(bind)?;
+        let addr = listener.local_addr()?;
+        let handle = thread::spawn(move || -> io::Result<Sent> {
+            let (stream, _) = listener.accept()?;
+            serve(stream, feed)
+        });
+        Ok(FeedServer {
+            url: format!("ws://{addr}/feed"),
+            addr,
+            handle,
+        })
+    }
+
+    /// The `ws://` URL to connect to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits for the connection to end; returns what was sent.
+    pub fn join(self) -> io::Result<Sent> {
+        self.handle
+            .join()
+            .map_err(|_| io::Error::other("feed server thread panicked"))?
+    }
+}
+
+/// One unmasked frame (server to client).
+pub fn frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+    let mut header = [0u8; MAX_HEADER];
+    let n = encode_header(&mut header, true, opcode, payload.len(), None);
+    let mut out = Vec::with_capacity(n + payload.len());
+    out.extend_from_slice(&header[..n]);
+    out.extend_from_slice(payload);
+    out
+}
+
+fn message(index: usize, size: usize) -> Vec<u8> {
+    let mut payload = vec![0u8; size];
+    let stamp = 8.min(size);
+    payload[..stamp].copy_from_slice(&(index as u64).to_le_bytes()[..stamp]);
+    frame(OpCode::Binary, &payload)
+}
+
+/// Completes the upgrade on `stream` and streams `feed`, then closes (1000) and waits
+/// briefly for the client's close.
+pub fn serve(stream: TcpStream, feed: Feed) -> io::Result<Sent> {
+    stream.set_nodelay(true)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut key = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(io::Error::other("client closed during the upgrade"));
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("sec-websocket-key")
+        {
+            key = Some(value.trim().to_string());
+        }
+    }
+    let key = key.ok_or_else(|| io::Error::other("upgrade request without Sec-WebSocket-Key"))?;
+    let mut out = stream;
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        accept_key(&key)
+    );
+    out.write_all(response.as_bytes())?;
+    let mut bytes = response.len() as u64;
+    if feed.gap.is_zero() {
+        // Blast: batches of pre-encoded frames (about 256 KiB each).
+        let per_batch = (256 * 1024 / (feed.size + MAX_HEADER)).clamp(1, 4096);
+        let mut sent = 0;
+        while sent < feed.count {
+            let n = per_batch.min(feed.count - sent);
+            let batch: Vec<u8> = (sent..sent + n)
+                .flat_map(|i| message(i, feed.size))
+                .collect();
+            out.write_all(&batch)?;
+            bytes += batch.len() as u64;
+            sent += n;
+        }
+    } else {
+        for i in 0..feed.count {
+            let f = message(i, feed.size);
+            out.write_all(&f)?;
+            bytes += f.len() as u64;
+            thread::sleep(feed.gap);
+        }
+    }
+    let close = frame(OpCode::Close, &1000u16.to_be_bytes());
+    out.write_all(&close)?;
+    bytes += close.len() as u64;
+    // Wait for the client's close frame (or EOF), then hang up.
+    out.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut sink = [0u8; 256];
+    let _ = reader.read(&mut sink);
+    Ok(Sent {
+        messages: feed.count,
+        bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_carry_their_index() {
+        let f = message(7, 200);
+        assert_eq!(f[0], 0x82);
+        assert_eq!(f[1], 126);
+        assert_eq!(u16::from_be_bytes([f[2], f[3]]), 200);
+        assert_eq!(&f[4..12], &7u64.to_le_bytes());
+        assert_eq!(message(1, 3).len(), 2 + 3);
+    }
+}
