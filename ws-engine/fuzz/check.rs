@@ -21,7 +21,10 @@ pub fn check(data: &[u8]) {
     let (whole, err_whole) = decode_stream(input, 0, limits);
     let (split, err_split) = decode_stream(input, chunk.max(1), limits);
     assert_eq!(whole, split, "events depend on how the stream is split");
-    assert_eq!(err_whole, err_split, "error depends on how the stream is split");
+    assert_eq!(
+        err_whole, err_split,
+        "error depends on how the stream is split"
+    );
     let delivered: usize = whole
         .iter()
         .map(|e| match e {
