@@ -11,6 +11,8 @@ pub enum Which {
     Engine,
     /// Callback profiler start+stop cost, 1 and 2 threads, and the disabled cost.
     Profiler,
+    /// What attaching the probes costs a ws-engine client, and BPF time per program.
+    Attach,
 }
 
 /// Runs one benchmark.
@@ -19,6 +21,7 @@ pub fn run(which: Which, json: Option<&Path>) -> anyhow::Result<()> {
     let (package, bench) = match which {
         Which::Engine => ("ws-engine", "engine"),
         Which::Profiler => ("ws-profiler", "profiler"),
+        Which::Attach => ("ws-trace", "attach"),
     };
     let json = json
         .map(std::path::absolute)
