@@ -183,7 +183,7 @@ fn run_engine(
     let ring = std::env::var("BENCH_RING")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(256 * 1024);
+        .unwrap_or(ConnConfig::default().ring_capacity);
     el.connect(
         &format!("ws://{addr}/"),
         &ConnConfig {

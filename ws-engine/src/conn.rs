@@ -21,7 +21,8 @@ use crate::transport::{RecvStamps, TcpTransport, Transport, TransportError, sock
 /// Per-connection settings.
 #[derive(Clone, Debug)]
 pub struct ConnConfig {
-    /// Initial receive ring size (rounded up to a power of two ≥ 64 KiB). The ring grows
+    /// Initial receive ring size (default 1 MiB, rounded up to a power of two ≥ 64 KiB).
+    /// Bigger rings mean fewer, larger reads under load. The ring grows
     /// when a single frame needs more.
     pub ring_capacity: usize,
     /// Frame and message size limits.
@@ -45,7 +46,7 @@ pub struct ConnConfig {
 impl Default for ConnConfig {
     fn default() -> Self {
         ConnConfig {
-            ring_capacity: 256 * 1024,
+            ring_capacity: 1 << 20,
             limits: Limits::default(),
             handshake: HandshakeOptions::default(),
             connect_timeout: Duration::from_secs(5),
