@@ -148,6 +148,26 @@ fn every_stage_arrives_for_the_traced_engine_client() {
         "bytes read vs bytes the server wrote"
     );
 
+    // Sequence space: for every message, the read that completed it (the client's last
+    // read before the callback) says where the engine's byte offsets sit in the TCP
+    // stream. That origin is the same for every message: the connection's initial
+    // sequence number plus one.
+    let mut origins = BTreeSet::new();
+    for c in &entries {
+        let read = reads
+            .iter()
+            .rev()
+            .find(|r| r.hdr.ts_ns <= c.hdr.ts_ns && r.ret > 0)
+            .expect("a read before every callback");
+        assert!(c.probe.read_end >= c.probe.stream_end);
+        origins.insert(read.copied_seq.wrapping_sub(c.probe.read_end as u32));
+    }
+    assert_eq!(
+        origins.len(),
+        1,
+        "engine offsets do not map to one TCP origin: {origins:?}"
+    );
+
     // Segments: on the client's socket only; they carry (nearly) the whole stream. The
     // first ones can arrive before the first read taught the filter the client's port.
     let mut seg_bytes = 0u64;

@@ -687,6 +687,7 @@ impl Conn {
                 return;
             }
             let base = self.ring.read_pos();
+            let read_end = self.ring.write_pos();
             let cap = self.ring.capacity();
             let Conn {
                 ring,
@@ -715,6 +716,7 @@ impl Conn {
                         Some(Event::Message { kind, data }) => {
                             let parsed = clock.raw();
                             probe.stream_end = base + consumed as u64;
+                            probe.read_end = read_end;
                             probe.len = data.len() as u64;
                             probe.opcode = kind.opcode();
                             probe.stamps = MsgStamps {

@@ -10,7 +10,7 @@
 #![deny(missing_docs)]
 
 /// Version of the record layouts below. Bump it when any layout changes.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Name of the engine's probe function (an `extern "C"` symbol, never inlined).
 ///
@@ -525,6 +525,11 @@ pub struct MsgProbe {
     pub len: u64,
     /// Sequence number of the message on its connection, from 0.
     pub msg_seq: u64,
+    /// Offset one past the last byte read from the socket so far (the end of the read
+    /// that completed the message), same origin as `stream_end`. With the kernel's
+    /// `copied_seq` after that read it places the message in TCP sequence space:
+    /// `seq(last byte + 1) = copied_seq - (read_end - stream_end)`.
+    pub read_end: u64,
     /// WebSocket opcode (1 text, 2 binary).
     pub opcode: u8,
     /// A [`TlsPath`] as `u8`.
@@ -579,12 +584,12 @@ mod tests {
         assert_eq!(size_of::<SchedEvent>(), 48);
         assert_eq!(size_of::<SyscallEvent>(), 40);
         assert_eq!(size_of::<RecvEvent>(), 64);
-        assert_eq!(size_of::<CallbackEvent>(), 136);
+        assert_eq!(size_of::<CallbackEvent>(), 144);
         assert_eq!(size_of::<UprobeEvent>(), 40);
         assert_eq!(size_of::<KernelOffsets>(), 80);
         assert_eq!(size_of::<ProbeConfig>(), 88);
         assert_eq!(size_of::<MsgStamps>(), 48);
-        assert_eq!(size_of::<MsgProbe>(), 104);
+        assert_eq!(size_of::<MsgProbe>(), 112);
     }
 
     #[test]
