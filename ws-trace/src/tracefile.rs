@@ -294,7 +294,7 @@ pub struct TraceHeader {
     pub hostname: String,
     /// When recording started, on both clocks.
     pub created: ClockSnapshot,
-    /// The command line of the recording ws-trace.
+    /// The command line of the recording ws-trace (non-UTF-8 bytes replaced by U+FFFD).
     pub command_line: Vec<String>,
     /// The probes whose records the file may hold.
     pub probes: Vec<ProbeInfo>,
@@ -325,7 +325,9 @@ impl TraceHeader {
             kernel_release: read("/proc/sys/kernel/osrelease"),
             hostname: read("/proc/sys/kernel/hostname"),
             created: ClockSnapshot::now(),
-            command_line: std::env::args().collect(),
+            command_line: std::env::args_os()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
             probes,
             filters,
             clock: ClockInfo::detect(),
