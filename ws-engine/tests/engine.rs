@@ -280,10 +280,13 @@ fn unanswered_close_times_out() {
 fn full_socket_buffers_sends_and_drains() {
     const N: usize = 8;
     const SIZE: usize = 2 << 20;
-    let (url, srv) = serve_one(|mut s| {
+    // A fixed 64 KiB receive buffer on the server: 16 MiB cannot fit in the socket
+    // buffers (client send buffer ≤ net.ipv4.tcp_wmem max, 4 MiB by default).
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (url, srv) = serve_one_with(Some(64 * 1024), move |mut s| {
         accept(&mut s);
-        // Don't read for a while: the client's socket buffer fills up.
-        std::thread::sleep(Duration::from_millis(300));
+        // Don't read until the client has seen its queue back up.
+        go_rx.recv().unwrap();
         let mut r = ClientReader::default();
         for i in 0..N {
             match r.next(&mut s) {
@@ -307,6 +310,7 @@ fn full_socket_buffers_sends_and_drains() {
     }
     let queued = el.with_ctx(id, |c| c.buffered()).unwrap();
     assert!(queued > 0, "16 MiB should not fit in the socket buffer");
+    go_tx.send(()).unwrap();
     let mut h = Collect {
         close_after: Some(1),
         ..Collect::default()

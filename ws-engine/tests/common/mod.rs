@@ -20,7 +20,29 @@ pub fn serve_one<F>(script: F) -> (String, JoinHandle<()>)
 where
     F: FnOnce(TcpStream) + Send + 'static,
 {
+    serve_one_with(None, script)
+}
+
+/// Like [`serve_one`], with the accepted socket's `SO_RCVBUF` fixed (no autotuning).
+pub fn serve_one_with<F>(rcvbuf: Option<usize>, script: F) -> (String, JoinHandle<()>)
+where
+    F: FnOnce(TcpStream) + Send + 'static,
+{
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    if let Some(size) = rcvbuf {
+        let v = size as libc::c_int;
+        // SAFETY: valid fd and option value; accepted sockets inherit it.
+        let r = unsafe {
+            libc::setsockopt(
+                l.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                &v as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+    }
     let url = format!("ws://{}/test", l.local_addr().unwrap());
     let h = std::thread::spawn(move || {
         let (s, _) = l.accept().unwrap();
