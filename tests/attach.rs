@@ -215,6 +215,60 @@ fn every_stage_arrives_for_the_traced_engine_client() {
     assert!(!epolls.is_empty(), "no epoll returns");
     assert!(epolls.iter().all(|e| e.header().tgid == tgid));
 
+    // One row per message, NIC to callback. Only the first messages may miss their
+    // segment (they can arrive with the upgrade response, before the filter learned the
+    // client's port).
+    let c = ws_trace::correlate::correlate(&events);
+    assert_eq!(c.messages, MESSAGES as u64);
+    assert_eq!(
+        c.unjoined.no_read + c.unjoined.no_exit + c.unjoined.no_nic,
+        0,
+        "{:?}",
+        c.unjoined
+    );
+    assert!(
+        c.rows.len() + 5 >= MESSAGES,
+        "joined {} of {MESSAGES}: {:?}",
+        c.rows.len(),
+        c.unjoined
+    );
+    use ws_trace::correlate::Stamp::*;
+    for r in &c.rows {
+        assert_eq!(r.cookie, cookie);
+        // Kernel stamps share one clock: they must be in order.
+        let kernel: Vec<u64> = [
+            Nic,
+            Softirq,
+            Tcp,
+            Wakeup,
+            OnCpu,
+            Epoll,
+            Callback,
+            CallbackDone,
+        ]
+        .iter()
+        .filter_map(|s| r.at(*s))
+        .collect();
+        assert!(
+            kernel.windows(2).all(|w| w[0] <= w[1]),
+            "kernel stamps out of order: {r:?}"
+        );
+        // So do the engine's.
+        let engine: Vec<u64> = [RecvStart, RecvEnd, Parsed]
+            .iter()
+            .filter_map(|s| r.at(*s))
+            .collect();
+        assert_eq!(engine.len(), 3, "{r:?}");
+        assert!(
+            engine.windows(2).all(|w| w[0] <= w[1]),
+            "engine stamps out of order: {r:?}"
+        );
+        assert!(
+            r.total_ns().is_some_and(|t| t > 0 && t < 1_000_000_000),
+            "{r:?}"
+        );
+    }
+
     // Nothing at all from this (untraced) test process.
     let me = std::process::id();
     for e in &events {

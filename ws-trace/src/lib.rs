@@ -7,6 +7,7 @@
 
 pub mod attach;
 pub mod btf;
+pub mod correlate;
 pub mod decode;
 pub mod doctor;
 pub mod privileges;
