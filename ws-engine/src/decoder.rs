@@ -97,6 +97,9 @@ pub struct Decoder {
     spill: Vec<u8>,
     spill_delivered: bool,
     utf8: Utf8Stream,
+    /// Payload bytes of the (incomplete) text frame at the front of the buffer already
+    /// fed to `utf8`, so invalid text fails before the whole frame has arrived.
+    front_validated: usize,
     allow_masked: bool,
 }
 
@@ -109,6 +112,7 @@ impl Decoder {
             spill: Vec::new(),
             spill_delivered: false,
             utf8: Utf8Stream::new(),
+            front_validated: 0,
             allow_masked: false,
         }
     }
@@ -175,9 +179,25 @@ impl Decoder {
             });
         }
         let total = h.header_len + plen;
+        let is_text = match h.opcode {
+            OpCode::Text => true,
+            OpCode::Continuation => self.in_progress == Some(MsgKind::Text),
+            _ => false,
+        };
         if buf.len() < total {
+            // Validate the text that has arrived so far (fail fast). Masked frames (server
+            // side only) are unmasked when complete, so they are validated then.
+            let start = h.header_len + self.front_validated;
+            if is_text && h.mask.is_none() && buf.len() > start {
+                if self.front_validated == 0 && h.opcode == OpCode::Text {
+                    self.utf8.reset();
+                }
+                self.utf8.feed(&buf[start..], false)?;
+                self.front_validated = buf.len() - h.header_len;
+            }
             return Ok(Decoded::NeedMore { total });
         }
+        let validated = std::mem::take(&mut self.front_validated);
         let payload = &mut buf[h.header_len..total];
         if let Some(key) = h.mask {
             crate::mask::apply_mask(payload, key, 0);
@@ -198,7 +218,11 @@ impl Decoder {
                 };
                 if h.fin {
                     if kind == MsgKind::Text {
-                        utf8::validate(payload)?;
+                        if validated > 0 {
+                            self.utf8.feed(&payload[validated..], true)?;
+                        } else {
+                            utf8::validate(payload)?;
+                        }
                     }
                     Some(Event::Message {
                         kind,
@@ -206,8 +230,10 @@ impl Decoder {
                     })
                 } else {
                     if kind == MsgKind::Text {
-                        self.utf8.reset();
-                        self.utf8.feed(payload, false)?;
+                        if validated == 0 {
+                            self.utf8.reset();
+                        }
+                        self.utf8.feed(&payload[validated..], false)?;
                     }
                     self.in_progress = Some(kind);
                     self.spill.clear();
@@ -218,7 +244,7 @@ impl Decoder {
             OpCode::Continuation => {
                 let kind = self.in_progress.unwrap_or(MsgKind::Binary);
                 if kind == MsgKind::Text {
-                    self.utf8.feed(payload, h.fin)?;
+                    self.utf8.feed(&payload[validated..], h.fin)?;
                 }
                 self.spill.extend_from_slice(payload);
                 if h.fin {
@@ -395,6 +421,39 @@ mod tests {
         s.extend(frame(true, OpCode::Continuation, &[0; 6]));
         let (_, e) = decode_stream(&s, 0, lim);
         assert_eq!(e.map(|e| e.close_code()), Some(1009));
+    }
+
+    #[test]
+    fn invalid_text_fails_before_the_frame_is_complete() {
+        let mut f = frame(true, OpCode::Text, &[b'a'; 200]);
+        f[50] = 0xff;
+        let mut d = Decoder::new(Limits::default());
+        let mut part = f[..40].to_vec();
+        assert_eq!(
+            d.decode(&mut part).unwrap(),
+            Decoded::NeedMore { total: 204 }
+        );
+        let mut part = f[..60].to_vec();
+        assert!(matches!(
+            d.decode(&mut part),
+            Err(ProtocolError::InvalidUtf8(_))
+        ));
+        // A code point split at the edge of what has arrived is fine.
+        let text = "aé€😀".repeat(20);
+        let f = frame(true, OpCode::Text, text.as_bytes());
+        for cut in [3, 4, 5, 7, 9, 10, 30] {
+            let mut d = Decoder::new(Limits::default());
+            let mut part = f[..cut].to_vec();
+            assert!(matches!(d.decode(&mut part), Ok(Decoded::NeedMore { .. })));
+            let mut whole = f.clone();
+            match d.decode(&mut whole).unwrap() {
+                Decoded::Frame {
+                    event: Some(Event::Message { data, .. }),
+                    ..
+                } => assert_eq!(data, text.as_bytes()),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]
