@@ -1,5 +1,5 @@
 //! The user's side: the [`Handler`] trait, the per-connection send context, and the one
-//! place every callback goes through ([`invoke`]), so wrapping all of them (e.g. with the
+//! place every callback goes through (`invoke`), so wrapping all of them (e.g. with the
 //! callback profiler) is a one-line change.
 
 use crate::conn::{CloseInfo, ConnError, Outbound, SendError};
