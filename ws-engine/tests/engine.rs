@@ -322,3 +322,36 @@ fn full_socket_buffers_sends_and_drains() {
     assert!(h.writable >= 1, "on_writable after the queue drained");
     assert!(h.closed[0].1.clean);
 }
+
+#[test]
+fn run_and_run_busy_finish_when_connections_end() {
+    for busy in [false, true] {
+        let (url, srv) = serve_one(|mut s| {
+            accept(&mut s);
+            for i in 0..10u8 {
+                s.write_all(&frame(true, OpCode::Binary, &[i; 10])).unwrap();
+            }
+            s.write_all(&frame(true, OpCode::Close, b"\x03\xe8"))
+                .unwrap();
+            let _ = ClientReader::default().next(&mut s);
+        });
+        // The idle timeout is a safety net: a broken loop fails instead of hanging.
+        let cfg = ConnConfig {
+            idle_timeout: Some(Duration::from_secs(10)),
+            ..ConnConfig::default()
+        };
+        let mut el = EventLoop::new(LoopConfig::default()).unwrap();
+        el.connect(&url, &cfg).unwrap();
+        let mut h = Collect::default();
+        if busy {
+            el.run_busy(&mut h).unwrap();
+        } else {
+            el.run(&mut h).unwrap();
+        }
+        srv.join().unwrap();
+        assert!(h.errors.is_empty(), "{:?}", h.errors);
+        assert_eq!(h.msgs.len(), 10, "busy {busy}");
+        assert!(h.closed[0].1.clean);
+        assert!(el.is_empty());
+    }
+}
