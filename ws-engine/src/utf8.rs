@@ -19,9 +19,14 @@ pub enum Utf8Error {
 /// Validates a complete text payload.
 #[inline]
 pub fn validate(data: &[u8]) -> Result<(), Utf8Error> {
-    simdutf8::basic::from_utf8(data)
-        .map(|_| ())
-        .map_err(|_| Utf8Error::Invalid)
+    match simdutf8::basic::from_utf8(data) {
+        Ok(_) => Ok(()),
+        // Cold path: classify the failure the same way the incremental validator does.
+        Err(_) => match simdutf8::compat::from_utf8(data) {
+            Err(e) if e.error_len().is_none() => Err(Utf8Error::Truncated),
+            _ => Err(Utf8Error::Invalid),
+        },
+    }
 }
 
 /// Validator for a text message that arrives in pieces.
@@ -148,6 +153,16 @@ mod tests {
                 assert!(r.is_err(), "{c:?} cut {cut}");
             }
         }
+    }
+
+    #[test]
+    fn whole_and_incremental_agree_on_the_error() {
+        // Found by the fuzzer: a text frame ending inside a code point.
+        assert_eq!(validate(b"\xe2\x82"), Err(Utf8Error::Truncated));
+        let mut v = Utf8Stream::new();
+        v.feed(b"\xe2", false).unwrap();
+        assert_eq!(v.feed(b"\x82", true), Err(Utf8Error::Truncated));
+        assert_eq!(validate(b"\xe2\x82A"), Err(Utf8Error::Invalid));
     }
 
     #[test]
