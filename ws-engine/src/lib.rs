@@ -6,6 +6,28 @@
 //! [`ws_engine_on_message`](probe::ws_engine_on_message), stamped at every stage on a
 //! TSC [clock](clock::Clock) converted to CLOCK_MONOTONIC. An epoll
 //! [event loop](event_loop::EventLoop) drives many connections.
+//!
+//! ```no_run
+//! use ws_engine::{ConnConfig, ConnCtx, EventLoop, Handler, LoopConfig, Message};
+//!
+//! struct Print;
+//! impl Handler for Print {
+//!     fn on_message(&mut self, conn: &mut ConnCtx<'_>, msg: Message<'_>) {
+//!         // `msg.data` points into the receive ring; `msg.probe` has the stage stamps.
+//!         let s = &msg.probe.stamps;
+//!         println!("{} bytes, recv_end→callback {} ns", msg.data.len(), s.callback_ns - s.recv_end_ns);
+//!         let _ = conn.send_text("thanks");
+//!     }
+//! }
+//!
+//! let mut el = EventLoop::new(LoopConfig::default())?;
+//! el.connect("ws://127.0.0.1:9001/feed", &ConnConfig::default())?;
+//! el.run(&mut Print)?;
+//! # Ok::<(), ws_engine::LoopError>(())
+//! ```
+//!
+//! The receive path, stage by stage with measured numbers, is described in
+//! `docs/hot-path.md`.
 #![deny(missing_docs)]
 
 pub mod callback;
