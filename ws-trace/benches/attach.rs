@@ -121,7 +121,11 @@ fn main() -> Result<(), String> {
                     ..LoadOptions::default()
                 },
                 kinds,
-                engine_binaries: if uprobes { vec![exe.clone()] } else { Vec::new() },
+                engine_binaries: if uprobes {
+                    vec![exe.clone()]
+                } else {
+                    Vec::new()
+                },
                 user_uprobes: Vec::new(),
             })
             .map_err(|e| e.to_string())?;
@@ -147,7 +151,11 @@ fn main() -> Result<(), String> {
             let rate = client.join().map_err(|_| "client thread panicked")??;
             let summary = session.summary().map_err(|e| e.to_string())?;
             drops += summary.total_drops();
-            let label = if uprobes { "traced, all probes" } else { "traced, kernel only" };
+            let label = if uprobes {
+                "traced, all probes"
+            } else {
+                "traced, kernel only"
+            };
             println!("  round {round} {label:<18} {rate:>10.0} msg/s ({events} events)");
             if uprobes {
                 on.push(rate);
@@ -176,7 +184,10 @@ fn main() -> Result<(), String> {
     for (name, mut v) in bpf {
         let ns = median(&mut v);
         println!("  {name:<18} {ns:>8.0} ns");
-        per_program.insert(name.to_string(), serde_json::json!((ns * 10.0).round() / 10.0));
+        per_program.insert(
+            name.to_string(),
+            serde_json::json!((ns * 10.0).round() / 10.0),
+        );
     }
     if let Some(path) = args.json {
         let doc = serde_json::json!({

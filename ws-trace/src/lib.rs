@@ -12,6 +12,8 @@ pub mod decode;
 pub mod doctor;
 pub mod privileges;
 pub mod probes;
+pub mod record;
+pub mod report;
 pub mod ring;
 pub mod symbols;
 pub mod target;

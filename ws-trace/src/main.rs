@@ -18,7 +18,10 @@ use ws_trace::{
     attach::{self, AttachOptions, Plan},
     doctor, privileges,
     probes::{DEFAULT_RING_BYTES, Filter, LoadOptions},
+    record::Recorder,
+    report, symbols,
     target::Target,
+    tracefile::TraceFilters,
 };
 
 /// Where every microsecond of a WebSocket message goes, from the NIC to the callback.
@@ -40,6 +43,19 @@ enum Command {
     /// Attach the probes and show what arrives; Ctrl-C, --duration or the target's exit
     /// ends it and detaches everything.
     Attach(AttachArgs),
+    /// Like attach, recording every event to a trace file (-o is required).
+    Record(AttachArgs),
+    /// Read a recorded trace: events, one NIC→callback row per message, stage tables.
+    Report {
+        /// The trace file (from `attach -o` or `record -o`).
+        file: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// How many of the slowest messages to show in full.
+        #[arg(long, default_value_t = 5)]
+        slowest: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -73,6 +89,9 @@ struct AttachArgs {
     /// Print every event as a line on stdout while attached.
     #[arg(long)]
     print: bool,
+    /// Record every event to this trace file.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: Option<PathBuf>,
     /// Start this command and trace it (it runs once the probes are attached).
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
@@ -108,6 +127,25 @@ fn run() -> anyhow::Result<ExitCode> {
             })
         }
         Command::Attach(args) => attach_command(args),
+        Command::Record(args) => {
+            anyhow::ensure!(args.output.is_some(), "record needs -o FILE");
+            attach_command(args)
+        }
+        Command::Report {
+            file,
+            json,
+            slowest,
+        } => {
+            let trace =
+                report::load(&file).with_context(|| format!("reading {}", file.display()))?;
+            let report = report::Report::build(&trace, slowest);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -150,7 +188,11 @@ fn attach_command(args: AttachArgs) -> anyhow::Result<ExitCode> {
     let user_uprobes = args
         .uprobes
         .iter()
-        .map(|spec| parse_uprobe(spec))
+        .map(|spec| {
+            let (binary, symbol) = symbols::parse_target(spec)?;
+            let resolved = symbols::resolve(&binary, &symbol)?;
+            Ok((binary, resolved.elf_name))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let plan = Plan {
         load: LoadOptions {
@@ -178,6 +220,23 @@ fn attach_command(args: AttachArgs) -> anyhow::Result<ExitCode> {
         target.describe(),
         duration.map_or(String::new(), |d| format!(" for {:.1} s", d.as_secs_f64()))
     );
+    let mut recorder = match &args.output {
+        Some(path) => {
+            let filters = TraceFilters {
+                tgids: opts.plan.load.filter.tgids.iter().copied().collect(),
+                ports: args.ports.clone(),
+                comm: args.comm.clone(),
+                command: (!args.command.is_empty()).then(|| args.command.clone()),
+                ..TraceFilters::default()
+            };
+            Some(
+                Recorder::create(path, &opts.plan, filters)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let mut record_error = None;
     let summary = attach::run(
         &opts,
         &mut target,
@@ -186,13 +245,29 @@ fn attach_command(args: AttachArgs) -> anyhow::Result<ExitCode> {
             // Redraw the table in place on a terminal.
             eprintln!("\x1b[2J\x1b[H{s}");
         },
-        |_, event| {
+        |raw, event| {
             if args.print {
                 println!("{event}");
+            }
+            if let Some(r) = recorder.as_mut()
+                && record_error.is_none()
+                && let Err(e) = r.record(raw)
+            {
+                // Keep tracing; the error is reported when the session ends.
+                record_error = Some(e);
             }
         },
     )
     .context("attach session")?;
+    if let (Some(r), Some(path)) = (recorder, &args.output) {
+        let records = r.records();
+        r.finish(&summary)
+            .with_context(|| format!("finishing {}", path.display()))?;
+        if let Some(e) = record_error {
+            return Err(anyhow::Error::new(e).context(format!("recording to {}", path.display())));
+        }
+        eprintln!("ws-trace: {records} events recorded to {}", path.display());
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -200,18 +275,6 @@ fn attach_command(args: AttachArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("ws-trace: probes detached");
     Ok(ExitCode::SUCCESS)
-}
-
-/// `BINARY:SYMBOL` → (binary path, symbol).
-fn parse_uprobe(spec: &str) -> anyhow::Result<(PathBuf, String)> {
-    let (binary, symbol) = spec
-        .split_once(':')
-        .filter(|(b, s)| !b.is_empty() && !s.is_empty())
-        .with_context(|| format!("--uprobe {spec:?}: expected BINARY:SYMBOL"))?;
-    let binary = which::which(binary)
-        .or_else(|_| std::fs::canonicalize(binary))
-        .with_context(|| format!("--uprobe {spec:?}: no binary {binary:?}"))?;
-    Ok((binary, symbol.to_string()))
 }
 
 /// Sends `log` records (the probes' aya-log output) to stderr.

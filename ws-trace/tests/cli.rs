@@ -233,3 +233,172 @@ fn without_privileges_attach_says_what_to_do() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Not a test: the traced client of `record_then_report_joins_every_message`, run as a
+/// separate process of this same binary (so it contains the engine's probe function).
+#[test]
+#[ignore = "helper process, started by record_then_report_joins_every_message"]
+fn engine_client_process() {
+    use ws_engine::{ConnConfig, ConnCtx, EventLoop, Handler, LoopConfig, Message};
+    struct Count(u64);
+    impl Handler for Count {
+        fn on_message(&mut self, _conn: &mut ConnCtx<'_>, _msg: Message<'_>) {
+            self.0 += 1;
+        }
+    }
+    let url = std::env::var("WS_TRACE_TEST_URL").expect("WS_TRACE_TEST_URL");
+    let mut el = EventLoop::new(LoopConfig::default()).expect("event loop");
+    el.connect(&url, &ConnConfig::default()).expect("connect");
+    let mut count = Count(0);
+    el.run(&mut count).expect("run");
+    println!("received {}", count.0);
+}
+
+#[test]
+fn record_then_report_joins_every_message() {
+    if !require_for_test("record_then_report_joins_every_message") {
+        return;
+    }
+    use ws_engine::server::{Feed, FeedServer};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = dir.path().join("session.wstrace");
+    let server = FeedServer::start(Feed {
+        count: 300,
+        size: 200,
+        gap: Duration::from_micros(200),
+    })
+    .expect("feed server");
+    let me = std::env::current_exe().expect("current exe");
+    let out = Command::new(BIN)
+        .arg("record")
+        .arg("-o")
+        .arg(&trace)
+        .arg("--")
+        .arg(&me)
+        .args([
+            "--ignored",
+            "--exact",
+            "engine_client_process",
+            "--nocapture",
+        ])
+        .env("WS_TRACE_TEST_URL", server.url())
+        .output()
+        .expect("run ws-trace record");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("received 300"),
+        "{out:?}"
+    );
+    assert_eq!(server.join().expect("feed server").messages, 300);
+
+    let out = Command::new(BIN)
+        .arg("report")
+        .arg(&trace)
+        .arg("--json")
+        .output()
+        .expect("run ws-trace report");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report --json is JSON");
+    assert_eq!(v["truncated"], false);
+    assert_eq!(v["correlation"]["messages"], 300, "{}", v["correlation"]);
+    let joined = v["correlation"]["joined"].as_u64().unwrap_or(0);
+    assert!(
+        joined >= 295,
+        "joined {joined} of 300: {}",
+        v["correlation"]
+    );
+    let stages = v["overall"]["stages"].as_array().expect("stages");
+    let names: Vec<&str> = stages.iter().filter_map(|s| s["stage"].as_str()).collect();
+    for required in [
+        "softirq",
+        "tcp",
+        "recv_start",
+        "recv_end",
+        "parsed",
+        "callback",
+        "callback_done",
+        "total",
+    ] {
+        assert!(
+            names.contains(&required),
+            "no {required} stage in {names:?}"
+        );
+    }
+    for s in stages {
+        assert!(s["p50_ns"].as_u64() <= s["max_ns"].as_u64(), "{s}");
+    }
+    let total = stages.last().expect("total row");
+    assert_eq!(total["count"].as_u64(), Some(joined));
+    assert_eq!(v["slowest"].as_array().map(Vec::len), Some(5));
+    // The text form says the same.
+    let text = Command::new(BIN)
+        .arg("report")
+        .arg(&trace)
+        .output()
+        .expect("report");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("300 seen, {joined} joined")),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_killed_recording_is_still_readable() {
+    if !require_for_test("a_killed_recording_is_still_readable") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = dir.path().join("killed.wstrace");
+    let before = our_program_ids();
+    let mut child = Command::new(BIN)
+        .arg("record")
+        .arg("-o")
+        .arg(&trace)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn record");
+    let ids = wait_for_new_probes(&before);
+    ws_tests_traffic();
+    // Past the recorder's once-a-second flush.
+    thread::sleep(Duration::from_millis(1500));
+    ws_tests_traffic();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let _ = child.wait();
+    assert_unloaded(&ids, "SIGKILL of record");
+    let out = Command::new(BIN)
+        .arg("report")
+        .arg(&trace)
+        .arg("--json")
+        .output()
+        .expect("report");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["truncated"], true);
+    let events: u64 = v["probes"]
+        .as_array()
+        .expect("probes")
+        .iter()
+        .filter_map(|p| p[1].as_u64())
+        .sum();
+    assert!(events > 0, "no events survived the kill: {v}");
+}

@@ -1,0 +1,406 @@
+//! `ws-trace report`: a recorded trace read back, its messages joined into rows, and the
+//! stage table (p50/p90/p99/p99.9/max and share of the total), overall and per connection,
+//! with the slowest messages in full.
+use std::{collections::BTreeMap, fmt, path::Path};
+
+use ws_abi::{PROBE_COUNT, ProbeKind};
+
+use crate::{
+    correlate::{Correlation, MessageRow, STAMP_COUNT, Stamp, correlate},
+    decode::{Event, decode},
+    tracefile::{TraceFileError, TraceHeader, TraceReader},
+};
+
+/// A trace file loaded into memory.
+pub struct LoadedTrace {
+    /// Its header.
+    pub header: TraceHeader,
+    /// Every decodable event, in file order.
+    pub events: Vec<Event>,
+    /// Records that did not decode.
+    pub undecodable: u64,
+    /// Per probe: events in the file and drops the footer reports.
+    pub counts: [(u64, u64); PROBE_COUNT],
+    /// The file was cut short (no footer): the session died before finishing it.
+    pub truncated: bool,
+}
+
+/// Reads and decodes a whole trace file.
+pub fn load(path: &Path) -> Result<LoadedTrace, TraceFileError> {
+    let reader = TraceReader::open(path)?;
+    let mut events = Vec::with_capacity(reader.record_count() as usize);
+    let mut undecodable = 0;
+    let mut counts = [(0u64, 0u64); PROBE_COUNT];
+    for raw in reader.records() {
+        match decode(raw) {
+            Ok(e) => {
+                counts[e.kind() as usize].0 += 1;
+                events.push(e);
+            }
+            Err(_) => undecodable += 1,
+        }
+    }
+    if let Some(footer) = reader.footer() {
+        for p in &footer.probes {
+            if let Some(slot) = counts.get_mut(p.kind as usize) {
+                slot.1 = p.drops;
+            }
+        }
+    }
+    Ok(LoadedTrace {
+        header: reader.header().clone(),
+        events,
+        undecodable,
+        counts,
+        truncated: reader.truncated(),
+    })
+}
+
+/// Distribution of one stage.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct StageStats {
+    /// The stamp ending the stage.
+    pub stage: &'static str,
+    /// What it measures.
+    pub label: &'static str,
+    /// Messages that went through it.
+    pub count: u64,
+    /// Percentiles and max, ns.
+    pub p50_ns: u64,
+    /// 90th percentile, ns.
+    pub p90_ns: u64,
+    /// 99th percentile, ns.
+    pub p99_ns: u64,
+    /// 99.9th percentile, ns.
+    pub p999_ns: u64,
+    /// Largest, ns.
+    pub max_ns: u64,
+    /// Share of the summed NIC→callback_done time spent in this stage.
+    pub share: f64,
+}
+
+/// A stage table over a set of rows.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct StageTable {
+    /// Rows it covers.
+    pub messages: u64,
+    /// One entry per stage seen, in pipeline order; the last is the whole row.
+    pub stages: Vec<StageStats>,
+}
+
+fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    // Nearest rank.
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn stats(stage: &'static str, label: &'static str, mut v: Vec<u64>, total: u128) -> StageStats {
+    v.sort_unstable();
+    let sum: u128 = v.iter().map(|&x| u128::from(x)).sum();
+    StageStats {
+        stage,
+        label,
+        count: v.len() as u64,
+        p50_ns: percentile(&v, 0.50),
+        p90_ns: percentile(&v, 0.90),
+        p99_ns: percentile(&v, 0.99),
+        p999_ns: percentile(&v, 0.999),
+        max_ns: v.last().copied().unwrap_or(0),
+        share: if total == 0 {
+            0.0
+        } else {
+            sum as f64 / total as f64
+        },
+    }
+}
+
+impl StageTable {
+    /// The table for `rows`.
+    pub fn of<'a>(rows: impl IntoIterator<Item = &'a MessageRow>) -> StageTable {
+        let mut per: Vec<Vec<u64>> = vec![Vec::new(); STAMP_COUNT];
+        let mut totals = Vec::new();
+        for r in rows {
+            for (s, d) in r.stages() {
+                per[s as usize].push(d);
+            }
+            if let Some(t) = r.total_ns() {
+                totals.push(t);
+            }
+        }
+        let total: u128 = totals.iter().map(|&t| u128::from(t)).sum();
+        let mut stages: Vec<StageStats> = Stamp::ALL
+            .iter()
+            .zip(per)
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(s, v)| stats(s.name(), s.stage(), v, total))
+            .collect();
+        let messages = totals.len() as u64;
+        stages.push(stats("total", "nic → callback_done", totals, total));
+        StageTable { messages, stages }
+    }
+}
+
+fn us(ns: u64) -> String {
+    format!("{:.1}", ns as f64 / 1000.0)
+}
+
+impl fmt::Display for StageTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<40} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6}",
+            "stage (µs)", "count", "p50", "p90", "p99", "p99.9", "max", "share"
+        )?;
+        for s in &self.stages {
+            writeln!(
+                f,
+                "{:<40} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>5.1}%",
+                s.label,
+                s.count,
+                us(s.p50_ns),
+                us(s.p90_ns),
+                us(s.p99_ns),
+                us(s.p999_ns),
+                us(s.max_ns),
+                s.share * 100.0
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The whole report.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Report {
+    /// Kernel release, host, start time of the trace.
+    pub kernel: String,
+    /// Host name.
+    pub host: String,
+    /// Events per probe (name, events, drops).
+    pub probes: Vec<(String, u64, u64)>,
+    /// The file was cut short.
+    pub truncated: bool,
+    /// Records that did not decode.
+    pub undecodable: u64,
+    /// Messages seen and joined, and why the rest were not.
+    pub correlation: CorrelationSummary,
+    /// TLS paths of the joined messages, with counts.
+    pub tls_paths: BTreeMap<String, u64>,
+    /// The overall stage table.
+    pub overall: StageTable,
+    /// One table per connection (by socket cookie).
+    pub per_connection: BTreeMap<u64, StageTable>,
+    /// The slowest messages, in full.
+    pub slowest: Vec<MessageRow>,
+}
+
+/// Counts of the correlation step.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CorrelationSummary {
+    /// Callback entries seen.
+    pub messages: u64,
+    /// Rows joined NIC to callback.
+    pub joined: u64,
+    /// Why the others were not.
+    pub unjoined: crate::correlate::Unjoined,
+    /// Median (uprobe kernel stamp − engine callback stamp), ns: how the engine's TSC
+    /// clock and the kernel's agree, plus the uprobe's entry cost.
+    pub clock_check_ns: Option<i64>,
+}
+
+impl Report {
+    /// Builds the report of a loaded trace.
+    pub fn build(trace: &LoadedTrace, slowest: usize) -> Report {
+        let c: Correlation = correlate(&trace.events);
+        let mut per: BTreeMap<u64, Vec<&MessageRow>> = BTreeMap::new();
+        let mut tls_paths = BTreeMap::new();
+        for r in &c.rows {
+            per.entry(r.cookie).or_default().push(r);
+            *tls_paths.entry(r.tls.to_string()).or_insert(0) += 1;
+        }
+        let mut by_total: Vec<&MessageRow> = c.rows.iter().collect();
+        by_total.sort_by_key(|r| std::cmp::Reverse(r.total_ns().unwrap_or(0)));
+        Report {
+            kernel: trace.header.kernel_release.clone(),
+            host: trace.header.hostname.clone(),
+            probes: ProbeKind::ALL
+                .iter()
+                .filter(|k| trace.counts[**k as usize] != (0, 0))
+                .map(|k| {
+                    let (events, drops) = trace.counts[*k as usize];
+                    (k.name().to_string(), events, drops)
+                })
+                .collect(),
+            truncated: trace.truncated,
+            undecodable: trace.undecodable,
+            correlation: CorrelationSummary {
+                messages: c.messages,
+                joined: c.rows.len() as u64,
+                unjoined: c.unjoined.clone(),
+                clock_check_ns: c.clock_check_ns,
+            },
+            tls_paths,
+            overall: StageTable::of(&c.rows),
+            per_connection: per
+                .into_iter()
+                .map(|(cookie, rows)| (cookie, StageTable::of(rows)))
+                .collect(),
+            slowest: by_total.into_iter().take(slowest).cloned().collect(),
+        }
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "trace: kernel {} on {}", self.kernel, self.host)?;
+        if self.truncated {
+            writeln!(
+                f,
+                "note: the file was cut short (the session died): all whole records are used"
+            )?;
+        }
+        let events: Vec<String> = self
+            .probes
+            .iter()
+            .map(|(n, e, d)| {
+                if *d > 0 {
+                    format!("{n} {e} ({d} DROPPED)")
+                } else {
+                    format!("{n} {e}")
+                }
+            })
+            .collect();
+        writeln!(f, "events: {}", events.join(", "))?;
+        let c = &self.correlation;
+        let u = &c.unjoined;
+        writeln!(
+            f,
+            "messages: {} seen, {} joined NIC→callback; not joined: {} (no read {}, no segment {}, no nic {}, no softirq {}, no callback exit {})",
+            c.messages,
+            c.joined,
+            u.total(),
+            u.no_read,
+            u.no_segment,
+            u.no_nic,
+            u.no_softirq,
+            u.no_exit
+        )?;
+        let tls: Vec<String> = self
+            .tls_paths
+            .iter()
+            .map(|(p, n)| format!("{p} {n}"))
+            .collect();
+        writeln!(
+            f,
+            "tls path: {}",
+            if tls.is_empty() {
+                "-".into()
+            } else {
+                tls.join(", ")
+            }
+        )?;
+        if let Some(ns) = c.clock_check_ns {
+            writeln!(
+                f,
+                "clock check: uprobe stamp − engine callback stamp, median {ns} ns"
+            )?;
+        }
+        writeln!(f, "\nall connections ({} messages)", self.overall.messages)?;
+        write!(f, "{}", self.overall)?;
+        if self.per_connection.len() > 1 {
+            for (cookie, table) in &self.per_connection {
+                writeln!(
+                    f,
+                    "\nconnection cookie {cookie} ({} messages)",
+                    table.messages
+                )?;
+                write!(f, "{table}")?;
+            }
+        }
+        if !self.slowest.is_empty() {
+            writeln!(f, "\nslowest messages (µs from nic):")?;
+            for r in &self.slowest {
+                let nic = r.at(Stamp::Nic).unwrap_or(0);
+                let cols: Vec<String> = Stamp::ALL
+                    .iter()
+                    .filter_map(|s| {
+                        r.at(*s)
+                            .map(|t| format!("{} {}", s.name(), us(t.saturating_sub(nic))))
+                    })
+                    .collect();
+                writeln!(
+                    f,
+                    "  conn {} msg {} ({} B, cpu {}→{}): {}",
+                    r.cookie,
+                    r.msg_seq,
+                    r.len,
+                    r.rx_cpu,
+                    r.app_cpu,
+                    cols.join(" | ")
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<u64> = (1..=1000).collect();
+        assert_eq!(percentile(&v, 0.5), 500);
+        assert_eq!(percentile(&v, 0.99), 990);
+        assert_eq!(percentile(&v, 0.999), 999);
+        assert_eq!(percentile(&v, 1.0), 1000);
+        assert_eq!(percentile(&[7], 0.5), 7);
+        assert_eq!(percentile(&[], 0.5), 0);
+    }
+
+    #[test]
+    fn shares_add_up_to_the_total() {
+        let row = |base: u64, cb: u64| {
+            let mut stamps = [None; STAMP_COUNT];
+            stamps[Stamp::Nic as usize] = Some(base);
+            stamps[Stamp::Tcp as usize] = Some(base + 10);
+            stamps[Stamp::Callback as usize] = Some(base + 30);
+            stamps[Stamp::CallbackDone as usize] = Some(base + 30 + cb);
+            MessageRow {
+                cookie: 1,
+                conn_id: 0,
+                msg_seq: 0,
+                len: 1,
+                opcode: 2,
+                tls: "none",
+                tid: 1,
+                rx_cpu: 0,
+                app_cpu: 0,
+                seq_end: 0,
+                stamps,
+            }
+        };
+        let rows = [row(0, 70), row(1000, 170)];
+        let t = StageTable::of(&rows);
+        assert_eq!(t.messages, 2);
+        let stage_shares: f64 = t
+            .stages
+            .iter()
+            .filter(|s| s.stage != "total")
+            .map(|s| s.share)
+            .sum();
+        assert!((stage_shares - 1.0).abs() < 1e-9, "{stage_shares}");
+        let cb = t
+            .stages
+            .iter()
+            .find(|s| s.stage == "callback_done")
+            .expect("callback row");
+        assert_eq!((cb.p50_ns, cb.max_ns, cb.count), (70, 170, 2));
+        let total = t.stages.last().expect("total");
+        assert_eq!((total.stage, total.max_ns), ("total", 200));
+    }
+}
