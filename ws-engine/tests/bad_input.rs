@@ -285,3 +285,21 @@ fn masked_or_bad_control_frames_close_1002() {
         "close code 1005",
     );
 }
+
+#[test]
+fn stall_mid_frame_hits_idle_timeout() {
+    let (url, srv) = serve_one(|mut s| {
+        accept(&mut s);
+        s.write_all(&[0x82, 126, 0x01, 0x00, 1, 2, 3]).unwrap();
+        let _ = ClientReader::default().next(&mut s);
+    });
+    let cfg = ConnConfig {
+        idle_timeout: Some(Duration::from_millis(200)),
+        ..ConnConfig::default()
+    };
+    let c = run_client(&url, &cfg, Collect::default());
+    srv.join().unwrap();
+    assert!(c.msgs.is_empty());
+    assert_eq!(c.errors.len(), 1, "{:?}", c.errors);
+    assert_eq!(c.errors[0].0, "Stalled", "{}", c.errors[0].1);
+}
