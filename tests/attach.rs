@@ -58,6 +58,7 @@ fn every_stage_arrives_for_the_traced_engine_client() {
         count: MESSAGES,
         size: SIZE,
         gap: Duration::from_micros(300),
+        payload: Default::default(),
     })
     .expect("feed server");
     let server_addr = server.addr();

@@ -21,10 +21,23 @@ use crate::{
 pub struct Feed {
     /// Messages to send.
     pub count: usize,
-    /// Payload bytes per message.
+    /// Payload bytes per message (for market data: the size it is padded to, at least).
     pub size: usize,
     /// Pause between messages (zero: as fast as the socket takes them).
     pub gap: Duration,
+    /// What the messages look like.
+    pub payload: Payload,
+}
+
+/// The shape of the feed's messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Payload {
+    /// Binary messages starting with their index (little-endian u64).
+    #[default]
+    Indexed,
+    /// Text messages like a market-data feed: JSON trades and quotes with a sequence
+    /// number, a symbol, price and size, padded to `size` bytes.
+    MarketData,
 }
 
 /// What the server did.
@@ -92,11 +105,43 @@ pub fn frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-fn message(index: usize, size: usize) -> Vec<u8> {
-    let mut payload = vec![0u8; size];
-    let stamp = 8.min(size);
-    payload[..stamp].copy_from_slice(&(index as u64).to_le_bytes()[..stamp]);
-    frame(OpCode::Binary, &payload)
+const SYMBOLS: [&str; 6] = ["BTC-USD", "ETH-USD", "SOL-USD", "EUR-USD", "AAPL", "ES-Z6"];
+
+fn message(index: usize, size: usize, payload: Payload) -> Vec<u8> {
+    match payload {
+        Payload::Indexed => {
+            let mut data = vec![0u8; size];
+            let stamp = 8.min(size);
+            data[..stamp].copy_from_slice(&(index as u64).to_le_bytes()[..stamp]);
+            frame(OpCode::Binary, &data)
+        }
+        Payload::MarketData => {
+            // Deterministic but varied: a cheap hash of the index picks the fields.
+            let h = (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let sym = SYMBOLS[(h >> 60) as usize % SYMBOLS.len()];
+            let px = 100.0 + (h >> 40 & 0xFFFF) as f64 / 100.0;
+            let qty = 1 + (h >> 20 & 0x3FF);
+            let mut text = if h & 1 == 0 {
+                format!(
+                    r#"{{"type":"trade","seq":{index},"sym":"{sym}","px":{px:.2},"qty":{qty},"side":"{}"}}"#,
+                    if h & 2 == 0 { "buy" } else { "sell" }
+                )
+            } else {
+                format!(
+                    r#"{{"type":"quote","seq":{index},"sym":"{sym}","bid":{px:.2},"ask":{:.2},"bsz":{qty},"asz":{}}}"#,
+                    px + 0.01,
+                    qty + 3
+                )
+            };
+            if text.len() < size {
+                // Pad inside the JSON so it stays valid: ,"pad":"xxxx"}
+                text.pop();
+                let pad = size.saturating_sub(text.len() + 10);
+                text.push_str(&format!(r#","pad":"{}"}}"#, "x".repeat(pad)));
+            }
+            frame(OpCode::Text, text.as_bytes())
+        }
+    }
 }
 
 /// Completes the upgrade on `stream` and streams `feed`, then closes (1000) and waits
@@ -135,7 +180,7 @@ pub fn serve(stream: TcpStream, feed: Feed) -> io::Result<Sent> {
         while sent < feed.count {
             let n = per_batch.min(feed.count - sent);
             let batch: Vec<u8> = (sent..sent + n)
-                .flat_map(|i| message(i, feed.size))
+                .flat_map(|i| message(i, feed.size, feed.payload))
                 .collect();
             out.write_all(&batch)?;
             bytes += batch.len() as u64;
@@ -143,7 +188,7 @@ pub fn serve(stream: TcpStream, feed: Feed) -> io::Result<Sent> {
         }
     } else {
         for i in 0..feed.count {
-            let f = message(i, feed.size);
+            let f = message(i, feed.size, feed.payload);
             out.write_all(&f)?;
             bytes += f.len() as u64;
             thread::sleep(feed.gap);
@@ -168,11 +213,27 @@ mod tests {
 
     #[test]
     fn frames_carry_their_index() {
-        let f = message(7, 200);
+        let f = message(7, 200, Payload::Indexed);
         assert_eq!(f[0], 0x82);
         assert_eq!(f[1], 126);
         assert_eq!(u16::from_be_bytes([f[2], f[3]]), 200);
         assert_eq!(&f[4..12], &7u64.to_le_bytes());
-        assert_eq!(message(1, 3).len(), 2 + 3);
+        assert_eq!(message(1, 3, Payload::Indexed).len(), 2 + 3);
+    }
+
+    #[test]
+    fn market_data_is_json_text_of_the_asked_size() {
+        for (i, size) in [(0, 0), (1, 64), (2, 300), (3, 1000)] {
+            let f = message(i, size, Payload::MarketData);
+            assert_eq!(f[0], 0x81, "text frame");
+            let header = if f[1] == 126 { 4 } else { 2 };
+            let text = std::str::from_utf8(&f[header..]).expect("utf-8");
+            assert!(text.starts_with('{') && text.ends_with('}'), "{text}");
+            assert!(text.contains(&format!("\"seq\":{i}")), "{text}");
+            assert!(text.len() >= size.min(text.len()), "{text}");
+            if size > 120 {
+                assert_eq!(text.len(), size, "{text}");
+            }
+        }
     }
 }

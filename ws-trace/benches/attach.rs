@@ -42,6 +42,7 @@ fn run_client(messages: usize, size: usize) -> Result<f64, String> {
         count: messages,
         size,
         gap: Duration::ZERO,
+        payload: Default::default(),
     })
     .map_err(|e| e.to_string())?;
     let mut el = EventLoop::new(LoopConfig::default()).map_err(|e| e.to_string())?;

@@ -9,6 +9,7 @@ pub mod attach;
 pub mod btf;
 pub mod correlate;
 pub mod decode;
+pub mod demo;
 pub mod doctor;
 pub mod privileges;
 pub mod probes;

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use ws_abi::ProbeKind;
 use ws_trace::{
     attach::{self, AttachOptions, Plan},
-    doctor, privileges,
+    demo, doctor, privileges,
     probes::{DEFAULT_RING_BYTES, Filter, LoadOptions},
     record::Recorder,
     report, symbols,
@@ -45,6 +45,31 @@ enum Command {
     Attach(AttachArgs),
     /// Like attach, recording every event to a trace file (-o is required).
     Record(AttachArgs),
+    /// A real traced WebSocket session: a feed server in a network namespace, a ws-engine
+    /// client, every probe attached; prints the stage table, writes trace and exports.
+    Demo {
+        /// How long the feed runs.
+        #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+        duration: f64,
+        /// Messages per second.
+        #[arg(long, default_value_t = 2000)]
+        rate: u32,
+        /// Bytes per message.
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        /// Folder for the trace and its exports.
+        #[arg(long, value_name = "DIR", default_value = "ws-trace-demo")]
+        out: PathBuf,
+        /// Stay on loopback instead of a network namespace with a veth pair.
+        #[arg(long)]
+        loopback: bool,
+    },
+    /// The demo's client process (internal).
+    #[command(hide = true)]
+    DemoClient {
+        /// Server URL.
+        url: String,
+    },
     /// Read a recorded trace: events, one NIC→callback row per message, stage tables.
     Report {
         /// The trace file (from `attach -o` or `record -o`).
@@ -130,6 +155,49 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Record(args) => {
             anyhow::ensure!(args.output.is_some(), "record needs -o FILE");
             attach_command(args)
+        }
+        Command::Demo {
+            duration,
+            rate,
+            size,
+            out,
+            loopback,
+        } => {
+            privileges::require_tracing()?;
+            let stop = Arc::new(AtomicBool::new(false));
+            {
+                let stop = stop.clone();
+                ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
+                    .context("installing the Ctrl-C handler")?;
+            }
+            let opts = demo::DemoOptions {
+                duration: Duration::try_from_secs_f64(duration)
+                    .context("--duration must be a non-negative number of seconds")?,
+                rate,
+                size,
+                out,
+                loopback,
+            };
+            let exe = std::env::current_exe().context("finding the ws-trace binary")?;
+            eprintln!(
+                "ws-trace demo: {rate} msg/s of {size} B for {duration} s, every probe attached"
+            );
+            let result = demo::run(&opts, &exe, &stop).context("demo")?;
+            println!("network: {}", result.network);
+            println!(
+                "server sent {} messages ({} bytes); probe drops: {}",
+                result.sent.messages,
+                result.sent.bytes,
+                result.summary.total_drops()
+            );
+            println!("\n{}", result.report);
+            println!("\nfiles:\n  trace  {}", result.trace.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DemoClient { url } => {
+            let n = demo::client(&url).map_err(anyhow::Error::msg)?;
+            println!("demo-client: received {n} messages");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Report {
             file,

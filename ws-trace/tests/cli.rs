@@ -267,6 +267,7 @@ fn record_then_report_joins_every_message() {
         count: 300,
         size: 200,
         gap: Duration::from_micros(200),
+        payload: Default::default(),
     })
     .expect("feed server");
     let me = std::env::current_exe().expect("current exe");

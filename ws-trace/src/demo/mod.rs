@@ -1,0 +1,261 @@
+//! `ws-trace demo`: a real traced WebSocket session, end to end.
+//!
+//! A feed server streams market-data-like messages from inside a network namespace (over
+//! a veth pair; loopback if namespaces are unavailable); a ws-engine client, started by
+//! ws-trace as a separate process, receives them; every probe is attached for the whole
+//! session and records to a trace file; then the report is printed and the trace is
+//! exported next to it.
+pub mod netns;
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    sync::{atomic::AtomicBool, mpsc},
+    thread,
+    time::Duration,
+};
+
+use ws_abi::ProbeKind;
+use ws_engine::server::{Feed, Payload, Sent, serve};
+
+use crate::{
+    attach::{self, AttachError, AttachOptions, Plan, Summary},
+    probes::{Filter, LoadOptions},
+    record::Recorder,
+    report::{self, Report},
+    target::{Target, TargetError},
+    tracefile::{TraceFileError, TraceFilters},
+};
+
+/// Failures of the demo.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The output folder could not be made.
+    #[error("creating {path}: {source}")]
+    OutDir {
+        /// The folder.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The server could not start.
+    #[error("starting the feed server: {0}")]
+    Server(std::io::Error),
+    /// Starting the client failed.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// Tracing failed.
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    /// Writing or reading the trace failed.
+    #[error(transparent)]
+    Trace(#[from] TraceFileError),
+    /// The client did not receive the whole feed.
+    #[error("the client exited with {0}")]
+    Client(String),
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// How long the feed runs.
+    pub duration: Duration,
+    /// Messages per second.
+    pub rate: u32,
+    /// Bytes per message.
+    pub size: usize,
+    /// Where the trace and exports go.
+    pub out: PathBuf,
+    /// Use loopback even where a network namespace could be made.
+    pub loopback: bool,
+}
+
+/// What the demo produced.
+pub struct DemoResult {
+    /// How the server was reached.
+    pub network: String,
+    /// The session's probe summary.
+    pub summary: Summary,
+    /// What the server sent.
+    pub sent: Sent,
+    /// The report of the recorded trace.
+    pub report: Report,
+    /// The trace file.
+    pub trace: PathBuf,
+}
+
+/// Starts the feed server; inside `ns` when given. Returns its address and thread.
+fn start_server(
+    ns: Option<&netns::Netns>,
+    feed: Feed,
+) -> Result<(SocketAddr, thread::JoinHandle<std::io::Result<Sent>>), DemoError> {
+    let (tx, rx) = mpsc::channel();
+    let bind: SocketAddr = match ns {
+        Some(_) => SocketAddr::from((netns::PEER_ADDR, 0)),
+        None => SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    let enter = ns.map(|n| (n.name().to_string(), n.enter_handle()));
+    let handle = thread::spawn(move || -> std::io::Result<Sent> {
+        let setup = || -> std::io::Result<TcpListener> {
+            if let Some((_, enter)) = &enter {
+                enter()?;
+            }
+            TcpListener::bind(bind)
+        };
+        let listener = match setup() {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = tx.send(Err(std::io::Error::new(e.kind(), e.to_string())));
+                return Err(e);
+            }
+        };
+        let _ = tx.send(listener.local_addr());
+        let (stream, _) = listener.accept()?;
+        serve(stream, feed)
+    });
+    let addr = rx
+        .recv()
+        .map_err(|_| DemoError::Server(std::io::Error::other("server thread died")))?
+        .map_err(DemoError::Server)?;
+    Ok((addr, handle))
+}
+
+/// Runs the demo. `client_exe` is a binary whose `demo-client URL` subcommand runs the
+/// ws-engine client (ws-trace itself).
+pub fn run(
+    opts: &DemoOptions,
+    client_exe: &Path,
+    stop: &AtomicBool,
+) -> Result<DemoResult, DemoError> {
+    std::fs::create_dir_all(&opts.out).map_err(|source| DemoError::OutDir {
+        path: opts.out.display().to_string(),
+        source,
+    })?;
+    let ns = if opts.loopback {
+        None
+    } else {
+        match netns::Netns::create() {
+            Ok(ns) => Some(ns),
+            Err(e) => {
+                eprintln!("ws-trace demo: no network namespace ({e}); using loopback");
+                None
+            }
+        }
+    };
+    let network = match &ns {
+        Some(n) => format!(
+            "veth {} ({}) ↔ namespace {} ({})",
+            n.host_interface(),
+            netns::HOST_ADDR,
+            n.name(),
+            netns::PEER_ADDR
+        ),
+        None => "loopback".to_string(),
+    };
+    let rate = opts.rate.max(1);
+    let feed = Feed {
+        count: (opts.duration.as_secs_f64() * f64::from(rate)).ceil() as usize,
+        size: opts.size,
+        gap: Duration::from_secs_f64(1.0 / f64::from(rate)),
+        payload: Payload::MarketData,
+    };
+    let (addr, server) = start_server(ns.as_ref(), feed)?;
+    let url = format!("ws://{addr}/feed");
+    let mut target = Target::spawn(&[
+        client_exe.display().to_string(),
+        "demo-client".to_string(),
+        url.clone(),
+    ])?;
+    let tgids = target.tgids()?;
+    let mut kinds = ProbeKind::KERNEL.to_vec();
+    kinds.push(ProbeKind::ProcessFork);
+    let plan = Plan {
+        load: LoadOptions {
+            filter: Filter {
+                tgids: tgids.clone(),
+                learn_ports: true,
+                follow_forks: true,
+                ..Filter::default()
+            },
+            ..LoadOptions::default()
+        },
+        kinds,
+        engine_binaries: vec![client_exe.to_path_buf()],
+        user_uprobes: Vec::new(),
+    };
+    let trace = opts.out.join("trace.wstrace");
+    let mut recorder = Recorder::create(
+        &trace,
+        &plan,
+        TraceFilters {
+            tgids: tgids.iter().copied().collect(),
+            command: Some(vec!["demo-client".into(), url]),
+            ..TraceFilters::default()
+        },
+    )?;
+    let options = AttachOptions {
+        plan,
+        // The client exits when the feed ends; this is only a backstop.
+        duration: Some(opts.duration + Duration::from_secs(30)),
+        refresh: None,
+    };
+    let mut record_error = None;
+    let summary = attach::run(
+        &options,
+        &mut target,
+        stop,
+        |_| {},
+        |raw, _| {
+            if record_error.is_none()
+                && let Err(e) = recorder.record(raw)
+            {
+                record_error = Some(e);
+            }
+        },
+    )?;
+    recorder.finish(&summary)?;
+    if let Some(e) = record_error {
+        return Err(e.into());
+    }
+    let sent = server
+        .join()
+        .map_err(|_| DemoError::Server(std::io::Error::other("server thread panicked")))?
+        .map_err(DemoError::Server)?;
+    if let Target::Spawned { child, .. } = &mut target
+        && let Ok(status) = child.wait()
+        && !status.success()
+    {
+        return Err(DemoError::Client(status.to_string()));
+    }
+    drop(ns);
+    let loaded = report::load(&trace)?;
+    let report = Report::build(&loaded, 5);
+    Ok(DemoResult {
+        network,
+        summary,
+        sent,
+        report,
+        trace,
+    })
+}
+
+/// The `demo-client URL` side: a ws-engine client counting messages until the server
+/// closes. Returns the count.
+pub fn client(url: &str) -> Result<u64, String> {
+    use ws_engine::{ConnConfig, ConnCtx, EventLoop, Handler, LoopConfig, Message};
+    struct Count(u64);
+    impl Handler for Count {
+        fn on_message(&mut self, _conn: &mut ConnCtx<'_>, msg: Message<'_>) {
+            // A market-data consumer would parse here; this one checks it is text.
+            if msg.text().is_some() {
+                self.0 += 1;
+            }
+        }
+    }
+    let mut el = EventLoop::new(LoopConfig::default()).map_err(|e| e.to_string())?;
+    el.connect(url, &ConnConfig::default())
+        .map_err(|e| format!("connecting to {url}: {e}"))?;
+    let mut count = Count(0);
+    el.run(&mut count).map_err(|e| e.to_string())?;
+    Ok(count.0)
+}
