@@ -159,7 +159,7 @@ impl Session {
     pub fn start(plan: &Plan) -> Result<Session, AttachError> {
         let mut probes = Probes::load(&plan.load)?;
         probes.attach_all(&plan.kinds)?;
-        let mut notes = Vec::new();
+        let mut notes = probes.notes().to_vec();
         for (i, binary) in plan.engine_binaries.iter().enumerate() {
             let target = UprobeTarget {
                 binary: binary.clone(),

@@ -209,6 +209,7 @@ pub struct Probes {
     attached: Vec<ProbeKind>,
     loaded: BTreeSet<ProbeKind>,
     filter_flags: u32,
+    notes: Vec<String>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     _stats: Option<OwnedFd>,
 }
@@ -265,6 +266,7 @@ impl Probes {
             attached: Vec::new(),
             loaded: BTreeSet::new(),
             filter_flags,
+            notes: Vec::new(),
             logger,
             _stats: stats,
         };
@@ -359,8 +361,25 @@ impl Probes {
             Hook::Tracepoints(category, names) => {
                 let prog: &mut TracePoint = prog.try_into().map_err(err)?;
                 prog.load().map_err(err)?;
+                // A kernel may lack some of them (epoll_pwait2 is 5.11+): one is enough.
+                let mut first_error = None;
+                let mut attached = 0;
                 for name in names {
-                    prog.attach(category, name).map_err(err)?;
+                    match prog.attach(category, name) {
+                        Ok(_) => attached += 1,
+                        Err(e) => {
+                            self.notes.push(format!(
+                                "{}: {category}:{name} not attached ({e})",
+                                kind.name()
+                            ));
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                if attached == 0
+                    && let Some(e) = first_error
+                {
+                    return Err(err(e));
                 }
             }
             Hook::Uprobe | Hook::Uretprobe => return Err(ProbeError::WrongHook(kind.name())),
@@ -410,6 +429,11 @@ impl Probes {
     /// Attaches every probe in `kinds`.
     pub fn attach_all(&mut self, kinds: &[ProbeKind]) -> Result<(), ProbeError> {
         kinds.iter().try_for_each(|k| self.attach(*k))
+    }
+
+    /// What the user should know about partial attachments.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
     }
 
     /// The probes attached so far.

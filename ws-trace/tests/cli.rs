@@ -403,3 +403,62 @@ fn a_killed_recording_is_still_readable() {
         .sum();
     assert!(events > 0, "no events survived the kill: {v}");
 }
+
+#[test]
+fn demo_traces_a_session_across_a_veth_pair() {
+    if !require_for_test("demo_traces_a_session_across_a_veth_pair") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .args([
+            "demo",
+            "--duration",
+            "1",
+            "--rate",
+            "1000",
+            "--size",
+            "300",
+            "--out",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("run ws-trace demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A namespace and veth pair are available on these machines: the demo must use them.
+    assert!(stdout.contains("network: veth "), "{stdout}");
+    assert!(stdout.contains("server sent 1000 messages"), "{stdout}");
+    assert!(stdout.contains("probe drops: 0"), "{stdout}");
+    let seen = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("messages: 1000 seen, "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no message counts in {stdout}"));
+    assert!(seen >= 995, "joined {seen} of 1000:\n{stdout}");
+    assert!(stdout.contains("nic → callback_done"), "{stdout}");
+    assert!(dir.path().join("trace.wstrace").exists());
+    // The namespace and veth pair are gone afterwards.
+    let links = Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .expect("ip link");
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("wst"),
+        "veth left behind"
+    );
+    let netns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns");
+    assert!(
+        !String::from_utf8_lossy(&netns.stdout).contains("wst-"),
+        "namespace left behind"
+    );
+}

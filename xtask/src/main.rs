@@ -26,10 +26,10 @@ enum Task {
     Build,
     /// Setup, then fmt --check, clippy -D warnings, and every test (root-only probe tests too).
     Test,
-    /// Build, run `ws-trace doctor`, then a short traced session on self-made loopback traffic.
+    /// Build, run `ws-trace doctor`, then `ws-trace demo`: a real traced WebSocket session.
     Demo {
-        /// Seconds to stay attached.
-        #[arg(long, default_value_t = 3.0)]
+        /// Seconds the demo's feed runs.
+        #[arg(long, default_value_t = 5.0)]
         duration: f64,
     },
     /// Benchmarks: engine, profiler (see docs).
@@ -102,14 +102,14 @@ fn demo(duration: f64) -> anyhow::Result<()> {
     util::cargo(&["build", "--release", "-p", "ws-trace"])?;
     let ws_trace = util::target_dir()?.join("release/ws-trace");
     util::run(util::privileged(&ws_trace).arg("doctor"))?;
-    println!("\n== ws-trace attach --duration {duration} on loopback traffic made by xtask");
-    let mut child = util::privileged(&ws_trace)
-        .args(["attach", "--duration", &duration.to_string()])
-        .spawn()?;
-    let traffic = util::loopback_traffic(std::time::Duration::from_secs_f64(duration + 0.5));
-    let status = child.wait()?;
-    let sent = traffic?;
-    println!("xtask: generated {sent} loopback round trips while attached");
-    anyhow::ensure!(status.success(), "ws-trace attach failed: {status}");
-    Ok(())
+    let out = util::root().join("target/demo");
+    println!(
+        "\n== ws-trace demo --duration {duration} --out {}",
+        out.display()
+    );
+    util::run(
+        util::privileged(&ws_trace)
+            .args(["demo", "--duration", &duration.to_string(), "--out"])
+            .arg(&out),
+    )
 }

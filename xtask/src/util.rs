@@ -1,11 +1,5 @@
 //! Running commands the same way everywhere: print them, time them, fail loudly.
-use std::{
-    io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
-    path::PathBuf,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, process::Command, time::Instant};
 
 use anyhow::{Context as _, bail};
 
@@ -87,39 +81,4 @@ pub fn clippy_probes() -> anyhow::Result<()> {
             "warnings",
         ])
         .current_dir(root()))
-}
-
-/// Echo round trips over a loopback TCP connection for `length`; returns how many.
-pub fn loopback_traffic(length: Duration) -> anyhow::Result<u64> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let server = std::thread::spawn(move || -> std::io::Result<()> {
-        let (mut s, _) = listener.accept()?;
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = s.read(&mut buf)?;
-            if n == 0 {
-                return Ok(());
-            }
-            s.write_all(&buf[..n])?;
-        }
-    });
-    let mut c = TcpStream::connect(addr)?;
-    c.set_nodelay(true)?;
-    let msg = [0x42u8; 512];
-    let mut back = [0u8; 512];
-    let until = Instant::now() + length;
-    let mut rounds = 0;
-    while Instant::now() < until {
-        c.write_all(&msg)?;
-        c.read_exact(&mut back)?;
-        rounds += 1;
-        // A steady trickle, not a flood: the point is to see each stage fire.
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    drop(c);
-    server
-        .join()
-        .map_err(|_| anyhow::anyhow!("echo server thread panicked"))??;
-    Ok(rounds)
 }
