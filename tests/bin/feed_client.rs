@@ -1,5 +1,7 @@
-//! `feed_client <url>`: connects with ws-engine, counts the messages it receives until the
-//! server closes, then prints `received N cookie C` and exits 0 (1 on any error).
+//! `feed_client <url> [--spin-us N] [--cpu C]`: connects with ws-engine, counts the
+//! messages it receives until the server closes, then prints `received N cookie C` and
+//! exits 0 (1 on any error). `--spin-us` makes every callback busy-wait that long (a known
+//! callback cost); `--cpu` pins the client to one CPU.
 use std::process::ExitCode;
 
 use ws_engine::{
@@ -11,6 +13,7 @@ struct Count {
     received: u64,
     bytes: u64,
     failed: Option<String>,
+    spin: std::time::Duration,
 }
 
 /// Called once per message with its index: a plain symbol for `--uprobe` tests.
@@ -23,6 +26,12 @@ pub extern "C" fn feed_client_tick(index: u64) -> u64 {
 impl Handler for Count {
     fn on_message(&mut self, _conn: &mut ConnCtx<'_>, msg: Message<'_>) {
         feed_client_tick(self.received);
+        if !self.spin.is_zero() {
+            let start = std::time::Instant::now();
+            while start.elapsed() < self.spin {
+                std::hint::spin_loop();
+            }
+        }
         self.received += 1;
         self.bytes += msg.data.len() as u64;
     }
@@ -33,10 +42,25 @@ impl Handler for Count {
 }
 
 fn main() -> ExitCode {
-    let Some(url) = std::env::args().nth(1) else {
-        eprintln!("usage: feed_client <url>");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(url) = args.first().cloned() else {
+        eprintln!("usage: feed_client <url> [--spin-us N] [--cpu C]");
         return ExitCode::from(2);
     };
+    let option = |name: &str| -> Option<u64> {
+        let i = args.iter().position(|a| a == name)?;
+        args.get(i + 1)?.parse().ok()
+    };
+    if let Some(cpu) = option("--cpu") {
+        let mut set = nix::sched::CpuSet::new();
+        if set.set(cpu as usize).is_err()
+            || nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).is_err()
+        {
+            eprintln!("feed_client: cannot pin to cpu {cpu}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let spin = std::time::Duration::from_micros(option("--spin-us").unwrap_or(0));
     let mut el = match EventLoop::new(LoopConfig::default()) {
         Ok(el) => el,
         Err(e) => {
@@ -52,7 +76,10 @@ fn main() -> ExitCode {
         }
     };
     let cookie = el.sock_cookie(id).unwrap_or(0);
-    let mut count = Count::default();
+    let mut count = Count {
+        spin,
+        ..Count::default()
+    };
     if let Err(e) = el.run(&mut count) {
         eprintln!("feed_client: {e}");
         return ExitCode::FAILURE;

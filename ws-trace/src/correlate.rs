@@ -94,7 +94,7 @@ impl Stamp {
             Stamp::Softirq => "nic → softirq (wait for NET_RX)",
             Stamp::Tcp => "softirq → tcp (IP/TCP receive)",
             Stamp::Wakeup => "tcp → wakeup (data ready to wakeup)",
-            Stamp::OnCpu => "wakeup → on-cpu (run queue)",
+            Stamp::OnCpu => "→ on-cpu (run queue)",
             Stamp::Epoll => "→ epoll return",
             Stamp::RecvStart => "→ recv_start (loop dispatch)",
             Stamp::Decrypt => "recv_start → decrypt (read syscall)",

@@ -13,6 +13,8 @@ pub enum Which {
     Profiler,
     /// What attaching the probes costs a ws-engine client, and BPF time per program.
     Attach,
+    /// ws-engine vs tokio-tungstenite over TLS, and decrypt cost.
+    Tls,
 }
 
 /// Runs one benchmark.
@@ -22,6 +24,7 @@ pub fn run(which: Which, json: Option<&Path>) -> anyhow::Result<()> {
         Which::Engine => ("ws-engine", "engine"),
         Which::Profiler => ("ws-profiler", "profiler"),
         Which::Attach => ("ws-trace", "attach"),
+        Which::Tls => ("ws-engine", "tls"),
     };
     let json = json
         .map(std::path::absolute)
