@@ -11,6 +11,7 @@ pub mod correlate;
 pub mod decode;
 pub mod demo;
 pub mod doctor;
+pub mod export;
 pub mod privileges;
 pub mod probes;
 pub mod record;
