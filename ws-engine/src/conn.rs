@@ -16,6 +16,7 @@ use crate::mask::copy_masked;
 use crate::probe::call_through_probe;
 use crate::ring::{MirroredRing, RingError};
 use crate::stamps::{StampLog, StampRecord};
+use crate::tls::{TlsError, TlsInfo, TlsOptions, TlsTransport};
 use crate::transport::{RecvStamps, TcpTransport, Transport, TransportError, sock_cookie, wait_fd};
 
 /// Per-connection settings.
@@ -41,6 +42,8 @@ pub struct ConnConfig {
     pub auto_pong: bool,
     /// Sends fail with [`SendError::BufferFull`] beyond this many queued bytes.
     pub max_write_buffer: usize,
+    /// TLS settings of `wss://` connections (trust anchors, CA file, kTLS).
+    pub tls: TlsOptions,
 }
 
 impl Default for ConnConfig {
@@ -55,6 +58,7 @@ impl Default for ConnConfig {
             close_timeout: Duration::from_secs(2),
             auto_pong: true,
             max_write_buffer: 128 << 20,
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -68,6 +72,9 @@ pub enum ConnError {
     /// Resolving / connecting.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// TLS: configuration, handshake (certificates) or a bad record.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The receive ring could not be created or grown.
     #[error("receive ring: {0}")]
     Ring(#[from] RingError),
@@ -190,7 +197,7 @@ impl Outbound {
 
     /// Whether bytes wait for the socket to become writable.
     pub fn wants_write(&self) -> bool {
-        self.wpos < self.wbuf.len() && self.write_err.is_none()
+        (self.wpos < self.wbuf.len() || self.transport.wants_flush()) && self.write_err.is_none()
     }
 
     fn push_frame(&mut self, fin: bool, op: OpCode, payload: &[u8]) -> Result<(), SendError> {
@@ -239,7 +246,14 @@ impl Outbound {
         }
         self.wbuf.clear();
         self.wpos = 0;
-        Ok(true)
+        // TLS: records the transport sealed but the socket has not taken yet.
+        match self.transport.flush() {
+            Ok(done) => Ok(done),
+            Err(e) => {
+                self.write_err = Some(io::Error::new(e.kind(), e.to_string()));
+                Err(e)
+            }
+        }
     }
 
     pub(crate) fn send_data(&mut self, kind: MsgKind, data: &[u8]) -> Result<(), SendError> {
@@ -315,6 +329,8 @@ pub(crate) struct ReadStamps {
     pub recv_start: u64,
     pub recv_end: u64,
     pub decrypt_start: u64,
+    /// Socket bytes read so far when the ring's positions are not socket bytes (TLS).
+    pub socket_read_end: Option<u64>,
 }
 
 /// A live connection.
@@ -339,8 +355,8 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// Connects over TCP and performs the opening handshake (blocking, bounded by the
-    /// configured timeouts).
+    /// Connects over TCP (and TLS for `wss://`) and performs the opening handshake
+    /// (blocking, bounded by the configured timeouts).
     pub fn connect(
         id: ConnId,
         url: &str,
@@ -348,10 +364,17 @@ impl Conn {
         clock: &Clock,
     ) -> Result<Conn, ConnError> {
         let u = WsUrl::parse(url)?;
-        if u.secure {
-            return Err(HandshakeError::UnsupportedScheme("wss".into()).into());
-        }
         let t = TcpTransport::connect(&u.host, u.port, cfg.connect_timeout)?;
+        if u.secure {
+            let t = TlsTransport::handshake(
+                t.into_fd(),
+                &u.host,
+                &cfg.tls,
+                cfg.handshake_timeout,
+                *clock,
+            )?;
+            return Conn::handshake_over(id, Box::new(t), &u, cfg, clock);
+        }
         Conn::handshake_over(id, Box::new(t), &u, cfg, clock)
     }
 
@@ -391,6 +414,16 @@ impl Conn {
                 Err(e) => return Err(HandshakeError::Io(e).into()),
             }
         }
+        // TLS: records sealed but not yet taken by the socket.
+        while !transport.flush().map_err(HandshakeError::Io)? {
+            let now = Clock::monotonic_now_ns();
+            if now >= deadline
+                || !wait_fd(transport.fd(), libc::POLLOUT, remaining(now))
+                    .map_err(HandshakeError::Io)?
+            {
+                return Err(timeout().into());
+            }
+        }
         // Read the response into the ring: bytes after the head are already frames and
         // stay there; the stream offsets count the response head too.
         let mut rs = RecvStamps::default();
@@ -399,7 +432,10 @@ impl Conn {
             if now >= deadline {
                 return Err(timeout().into());
             }
-            if !wait_fd(transport.fd(), libc::POLLIN, remaining(now)).map_err(HandshakeError::Io)? {
+            if !transport.has_buffered()
+                && !wait_fd(transport.fd(), libc::POLLIN, remaining(now))
+                    .map_err(HandshakeError::Io)?
+            {
                 return Err(timeout().into());
             }
             let recv_start = clock.raw();
@@ -414,7 +450,7 @@ impl Conn {
                 {
                     continue;
                 }
-                Err(e) => return Err(HandshakeError::Io(e).into()),
+                Err(e) => return Err(io_to_conn(e)),
             }
             let recv_end = clock.raw();
             if let Some((resp, n)) = hs.parse_response(ring.readable())? {
@@ -423,6 +459,7 @@ impl Conn {
                     recv_start,
                     recv_end,
                     decrypt_start: rs.decrypt_start,
+                    socket_read_end: rs.socket_read_end,
                 };
                 break (resp, n, st);
             }
@@ -463,6 +500,11 @@ impl Conn {
     /// The kernel's socket cookie.
     pub fn sock_cookie(&self) -> u64 {
         self.probe.sock_cookie
+    }
+
+    /// TLS parameters and record path (`None` for `ws://`).
+    pub fn tls_info(&self) -> Option<TlsInfo> {
+        self.out.transport.tls_info()
     }
 
     /// Calls `on_established` and handles frames that arrived with the handshake.
@@ -515,6 +557,7 @@ impl Conn {
                         recv_start,
                         recv_end,
                         decrypt_start: rs.decrypt_start,
+                        socket_read_end: rs.socket_read_end,
                     };
                     self.process(h, clock, &st, log);
                     if self.error.is_some() && self.state != State::Failing {
@@ -609,7 +652,7 @@ impl Conn {
 
     fn fail_io(&mut self, e: io::Error) {
         if self.error.is_none() && !matches!(self.state, State::Closed) {
-            self.error = Some(ConnError::Io(e));
+            self.error = Some(io_to_conn(e));
         }
     }
 
@@ -715,8 +758,18 @@ impl Conn {
                         None => {}
                         Some(Event::Message { kind, data }) => {
                             let parsed = clock.raw();
-                            probe.stream_end = base + consumed as u64;
-                            probe.read_end = read_end;
+                            match st.socket_read_end {
+                                // Userspace TLS: ciphertext socket bytes; the message
+                                // resolves to the read that completed it.
+                                Some(sock) => {
+                                    probe.stream_end = sock;
+                                    probe.read_end = sock;
+                                }
+                                None => {
+                                    probe.stream_end = base + consumed as u64;
+                                    probe.read_end = read_end;
+                                }
+                            }
                             probe.len = data.len() as u64;
                             probe.opcode = kind.opcode();
                             probe.stamps = MsgStamps {
@@ -795,4 +848,16 @@ impl Conn {
             return;
         }
     }
+}
+
+/// A transport error as a connection error: TLS record errors keep their type.
+fn io_to_conn(e: io::Error) -> ConnError {
+    if e.get_ref().is_some_and(|i| i.is::<TlsError>()) {
+        match e.into_inner().map(|b| b.downcast::<TlsError>()) {
+            Some(Ok(t)) => return ConnError::Tls(*t),
+            Some(Err(other)) => return ConnError::Io(io::Error::other(other)),
+            None => return ConnError::Io(io::Error::other("transport error")),
+        }
+    }
+    ConnError::Io(e)
 }

@@ -10,6 +10,8 @@ use crate::conn::{Conn, ConnConfig, ConnError, SendError, Status};
 use crate::decoder::MsgKind;
 use crate::frame::OpCode;
 use crate::stamps::StampLog;
+use crate::tls::TlsInfo;
+use ws_abi::TlsPath;
 
 /// Errors of the event loop itself.
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +149,7 @@ impl EventLoop {
         }
     }
 
-    /// Connects to a `ws://` URL, performs the handshake (blocking, bounded by the
+    /// Connects to a `ws://` or `wss://` URL, performs the handshake (blocking, bounded by the
     /// config's timeouts) and adds the connection; `on_established` runs on the next
     /// poll.
     pub fn connect(&mut self, url: &str, cfg: &ConnConfig) -> Result<ConnId, LoopError> {
@@ -189,6 +191,21 @@ impl EventLoop {
     pub fn sock_cookie(&self, id: ConnId) -> Option<u64> {
         let slot = self.slot_of(id)?;
         Some(self.conns[slot].as_ref()?.sock_cookie())
+    }
+
+    /// Which receive path a connection's bytes take: [`TlsPath::None`] (ws://),
+    /// [`TlsPath::Userspace`] or [`TlsPath::Ktls`]. The same value is in every
+    /// message's `MsgProbe::tls_path`.
+    pub fn tls_path(&self, id: ConnId) -> Option<TlsPath> {
+        let slot = self.slot_of(id)?;
+        Some(self.conns[slot].as_ref()?.out.transport.tls_path())
+    }
+
+    /// TLS version, cipher suite, ALPN, record path and why kTLS is not used, for a
+    /// `wss://` connection.
+    pub fn tls_info(&self, id: ConnId) -> Option<TlsInfo> {
+        let slot = self.slot_of(id)?;
+        self.conns[slot].as_ref()?.tls_info()
     }
 
     fn with_conn<R>(

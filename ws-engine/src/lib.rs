@@ -26,6 +26,10 @@
 //! # Ok::<(), ws_engine::LoopError>(())
 //! ```
 //!
+//! `wss://` URLs use rustls ([`tls`]); the records are opened by the kernel (kTLS) where
+//! it has the `tls` ULP, else in user space straight in the receive ring
+//! ([`EventLoop::tls_path`], `docs/ktls.md`).
+//!
 //! The receive path, stage by stage with measured numbers, is described in
 //! `docs/hot-path.md`.
 #![deny(missing_docs)]
@@ -42,6 +46,8 @@ pub mod probe;
 pub mod ring;
 pub mod server;
 pub mod stamps;
+pub mod testca;
+pub mod tls;
 pub mod transport;
 pub mod utf8;
 
@@ -49,5 +55,6 @@ pub use callback::{CallbackKind, ConnCtx, ConnId, Handler, Message};
 pub use conn::{CloseInfo, ConnConfig, ConnError, SendError};
 pub use decoder::{Limits, MsgKind};
 pub use event_loop::{EventLoop, LoopConfig, LoopError};
+pub use tls::{TlsError, TlsInfo, TlsOptions};
 pub use ws_abi::{MsgProbe, MsgStamps, TlsPath};
 pub use ws_profiler as profiler;

@@ -1,12 +1,16 @@
 //! The server role, only as far as tests, benchmarks and the demo need it: a feed server
 //! that accepts one connection, completes the upgrade and streams binary messages.
 //!
+//! `start_tls` serves `wss://` with a rustls server configuration (see
+//! [`crate::testca`] for a throwaway CA and certificate).
+//!
 //! Each message starts with its index (little-endian u64, when it fits), so a receiver can
 //! check order and completeness. With no gap between messages, frames are pre-encoded in
 //! batches and written back to back: a blast for throughput measurements.
 use std::{
-    io::{self, BufRead as _, BufReader, Read as _, Write as _},
+    io::{self, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
+    sync::Arc,
     thread::{self, JoinHandle},
     time::Duration,
 };
@@ -77,7 +81,32 @@ impl FeedServer {
         })
     }
 
-    /// The `ws://` URL to connect to.
+    /// Listens on 127.0.0.1 (an ephemeral port) and serves one `wss://` connection with
+    /// `tls` (its certificate should name `127.0.0.1`).
+    pub fn start_tls(feed: Feed, tls: Arc<rustls::ServerConfig>) -> io::Result<FeedServer> {
+        FeedServer::start_tls_on("127.0.0.1:0", feed, tls)
+    }
+
+    /// Listens on `bind` and serves one `wss://` connection with `tls`.
+    pub fn start_tls_on(
+        bind: &str,
+        feed: Feed,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> io::Result<FeedServer> {
+        let listener = TcpListener::bind(bind)?;
+        let addr = listener.local_addr()?;
+        let handle = thread::spawn(move || -> io::Result<Sent> {
+            let (stream, _) = listener.accept()?;
+            serve_tls(stream, tls, feed)
+        });
+        Ok(FeedServer {
+            url: format!("wss://{addr}/feed"),
+            addr,
+            handle,
+        })
+    }
+
+    /// The `ws://` (or `wss://`) URL to connect to.
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -148,25 +177,53 @@ fn message(index: usize, size: usize, payload: Payload) -> Vec<u8> {
 /// briefly for the client's close.
 pub fn serve(stream: TcpStream, feed: Feed) -> io::Result<Sent> {
     stream.set_nodelay(true)?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut key = None;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    serve_stream(stream, feed)
+}
+
+/// Like [`serve`], over TLS: the rustls handshake first (certificate and ALPN from
+/// `tls`), then the feed as TLS records; `close_notify` at the end. `Sent::bytes` counts
+/// plaintext.
+pub fn serve_tls(
+    stream: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    feed: Feed,
+) -> io::Result<Sent> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let conn = rustls::ServerConnection::new(tls).map_err(io::Error::other)?;
+    let mut s = rustls::StreamOwned::new(conn, stream);
+    let sent = serve_stream(&mut s, feed)?;
+    s.conn.send_close_notify();
+    // The client may already have closed; the feed is complete either way.
+    let _ = s.flush();
+    Ok(sent)
+}
+
+/// Reads the upgrade request head (up to the blank line) and returns its
+/// `Sec-WebSocket-Key`.
+fn read_upgrade<S: Read>(s: &mut S) -> io::Result<String> {
+    let mut head = Vec::with_capacity(512);
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 16 * 1024 {
+            return Err(io::Error::other("upgrade request head too long"));
+        }
+        if s.read(&mut b)? == 0 {
             return Err(io::Error::other("client closed during the upgrade"));
         }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("sec-websocket-key")
-        {
-            key = Some(value.trim().to_string());
-        }
+        head.push(b[0]);
     }
-    let key = key.ok_or_else(|| io::Error::other("upgrade request without Sec-WebSocket-Key"))?;
-    let mut out = stream;
+    let head = String::from_utf8_lossy(&head);
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-key"))
+        .map(|(_, v)| v.trim().to_string())
+        .ok_or_else(|| io::Error::other("upgrade request without Sec-WebSocket-Key"))
+}
+
+fn serve_stream<S: Read + Write>(mut out: S, feed: Feed) -> io::Result<Sent> {
+    let key = read_upgrade(&mut out)?;
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
         accept_key(&key)
@@ -197,10 +254,10 @@ pub fn serve(stream: TcpStream, feed: Feed) -> io::Result<Sent> {
     let close = frame(OpCode::Close, &1000u16.to_be_bytes());
     out.write_all(&close)?;
     bytes += close.len() as u64;
+    out.flush()?;
     // Wait for the client's close frame (or EOF), then hang up.
-    out.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut sink = [0u8; 256];
-    let _ = reader.read(&mut sink);
+    let _ = out.read(&mut sink);
     Ok(Sent {
         messages: feed.count,
         bytes,

@@ -48,6 +48,10 @@ pub enum TransportError {
 pub struct RecvStamps {
     /// Userspace TLS: decryption of the record that ended this read started (else 0).
     pub decrypt_start: u64,
+    /// TLS: bytes read from the socket since connect after this read, when that differs
+    /// from the plaintext the ring received (userspace TLS: ciphertext, the kernel's TCP
+    /// sequence space). `None`: the ring's own positions are socket bytes (plain TCP).
+    pub socket_read_end: Option<u64>,
 }
 
 /// A byte source/sink under a connection.
@@ -65,6 +69,19 @@ pub trait Transport: Send {
     /// userspace TLS record already read from the socket). Plain TCP: never.
     fn has_buffered(&self) -> bool {
         false
+    }
+    /// Writes bytes the transport queued itself (sealed TLS records); `Ok(true)` when
+    /// none remain. Plain TCP queues nothing.
+    fn flush(&mut self) -> io::Result<bool> {
+        Ok(true)
+    }
+    /// Whether [`flush`](Self::flush) has bytes to write.
+    fn wants_flush(&self) -> bool {
+        false
+    }
+    /// TLS parameters and path, for TLS transports.
+    fn tls_info(&self) -> Option<crate::tls::TlsInfo> {
+        None
     }
 }
 
@@ -119,6 +136,11 @@ impl TcpTransport {
                 source,
             })?;
         Ok(TcpTransport { fd: s.into() })
+    }
+
+    /// The socket, e.g. to run a TLS handshake on it.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
     }
 }
 

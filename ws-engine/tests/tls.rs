@@ -1,0 +1,625 @@
+//! wss:// end to end: the engine against the rustls feed server (throwaway CA made here)
+//! for every TLS version / cipher family, against a Python `websockets` server over
+//! OpenSSL, certificate and handshake failures, a forged record, and kTLS where the kernel
+//! has it (the one test allowed to skip, and it says why).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustls::crypto::ring::cipher_suite as cs;
+use rustls::{CertificateError, SupportedCipherSuite};
+use ws_engine::server::{Feed, FeedServer, Payload};
+use ws_engine::testca::{TestCa, Validity};
+use ws_engine::tls::ktls_probe;
+use ws_engine::{
+    CloseInfo, ConnConfig, ConnCtx, ConnError, ConnId, EventLoop, Handler, LoopConfig, Message,
+    MsgKind, MsgProbe, TlsError, TlsPath,
+};
+
+const NAMES: [&str; 2] = ["127.0.0.1", "localhost"];
+
+fn temp_path(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ws-engine-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join(name)
+}
+
+/// A client config trusting `ca` (written to a PEM file) and, unless `ktls`, staying in
+/// user space.
+fn client_cfg(ca: &TestCa, tag: &str, ktls: bool) -> ConnConfig {
+    let path = temp_path(&format!("{tag}-ca.pem"));
+    ca.write_ca_pem(&path).expect("write CA");
+    let mut cfg = ConnConfig::default();
+    cfg.tls.ca_file = Some(path);
+    cfg.tls.ktls = ktls;
+    cfg.handshake_timeout = Duration::from_secs(10);
+    cfg
+}
+
+fn run_until_done<H: Handler>(el: &mut EventLoop, h: &mut H) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !el.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "event loop still busy after 60 s"
+        );
+        el.poll(h, Some(Duration::from_millis(50))).expect("poll");
+    }
+}
+
+#[derive(Default)]
+struct Feedcheck {
+    size: usize,
+    n: u64,
+    bad: Vec<u64>,
+    probes: Vec<MsgProbe>,
+    errors: Vec<String>,
+    closed: Option<CloseInfo>,
+}
+
+impl Handler for Feedcheck {
+    fn on_message(&mut self, _conn: &mut ConnCtx<'_>, msg: Message<'_>) {
+        let stamp = 8.min(self.size);
+        let mut want = [0u8; 8];
+        want[..stamp].copy_from_slice(&self.n.to_le_bytes()[..stamp]);
+        if msg.kind != MsgKind::Binary
+            || msg.data.len() != self.size
+            || msg.data[..stamp] != want[..stamp]
+        {
+            self.bad.push(self.n);
+        }
+        self.n += 1;
+        if self.probes.len() < 100_000 {
+            self.probes.push(*msg.probe);
+        }
+    }
+    fn on_error(&mut self, _id: ConnId, err: &ConnError) {
+        self.errors.push(err.to_string());
+    }
+    fn on_closed(&mut self, _id: ConnId, info: &CloseInfo) {
+        self.closed = Some(info.clone());
+    }
+}
+
+/// Streams `count` messages of `size` bytes over TLS and checks them and their probes.
+fn stream_feed(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    suite: Option<SupportedCipherSuite>,
+    count: usize,
+    size: usize,
+    ring: usize,
+    ktls: bool,
+) -> (Feedcheck, ws_engine::TlsInfo) {
+    let ca = TestCa::new().expect("CA");
+    let cert = ca.server_cert(&NAMES, Validity::Current).expect("cert");
+    let suites = suite.map(|s| vec![s]);
+    let server_cfg = cert
+        .server_config(versions, suites.as_deref())
+        .expect("server config");
+    let feed = Feed {
+        count,
+        size,
+        gap: Duration::ZERO,
+        payload: Payload::Indexed,
+    };
+    let server = FeedServer::start_tls(feed, server_cfg).expect("server");
+    let mut cfg = client_cfg(&ca, "feed", ktls);
+    cfg.ring_capacity = ring;
+    let mut el = EventLoop::new(LoopConfig::default()).expect("loop");
+    let id = el.connect(server.url(), &cfg).expect("connect");
+    let info = el.tls_info(id).expect("tls info");
+    assert_eq!(el.tls_path(id), Some(info.path));
+    let mut h = Feedcheck {
+        size,
+        ..Default::default()
+    };
+    run_until_done(&mut el, &mut h);
+    server.join().expect("server");
+    assert!(h.errors.is_empty(), "{:?}", h.errors);
+    assert_eq!(h.n, count as u64, "{info:?}");
+    assert!(
+        h.bad.is_empty(),
+        "bad messages {:?}",
+        &h.bad[..h.bad.len().min(10)]
+    );
+    let closed = h.closed.clone().expect("closed");
+    assert_eq!(closed.peer_code, Some(1000));
+    assert!(closed.clean, "{closed:?}");
+    assert_eq!(info.alpn.as_deref(), Some("http/1.1"));
+    check_probes(&h.probes, info.path);
+    (h, info)
+}
+
+/// Probe invariants of the TLS paths: the path is stamped in every message; userspace:
+/// decrypt lies inside recv_start→recv_end, and stream offsets are ciphertext bytes read
+/// (stream_end == read_end, never decreasing).
+fn check_probes(probes: &[MsgProbe], path: TlsPath) {
+    let mut last = 0;
+    for p in probes {
+        assert_eq!(p.tls_path, path as u8);
+        let s = &p.stamps;
+        assert!(s.recv_start_ns <= s.recv_end_ns);
+        if path == TlsPath::Userspace {
+            assert!(
+                s.recv_start_ns <= s.decrypt_start_ns && s.decrypt_start_ns <= s.recv_end_ns,
+                "decrypt outside recv: {s:?}"
+            );
+            assert_eq!(p.stream_end, p.read_end);
+        }
+        assert!(p.read_end >= last, "read_end went back");
+        last = p.read_end;
+    }
+}
+
+fn expect_path(info: &ws_engine::TlsInfo, ktls_requested: bool) {
+    let want = if ktls_requested && ktls_probe().is_ok() {
+        TlsPath::Ktls
+    } else {
+        TlsPath::Userspace
+    };
+    assert_eq!(info.path, want, "{info:?}");
+    if want == TlsPath::Userspace {
+        assert!(info.ktls_unavailable.is_some(), "{info:?}");
+    }
+}
+
+#[test]
+fn tls13_every_cipher_streams_a_feed() {
+    for suite in [
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+    ] {
+        let (_, info) = stream_feed(
+            &[&rustls::version::TLS13],
+            Some(suite),
+            3000,
+            300,
+            1 << 20,
+            false,
+        );
+        assert_eq!(info.version, "TLSv1.3");
+        assert_eq!(info.cipher_suite, format!("{:?}", suite.suite()));
+        expect_path(&info, false);
+    }
+}
+
+#[test]
+fn tls12_gcm_and_chacha_stream_a_feed() {
+    for suite in [
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    ] {
+        let (_, info) = stream_feed(
+            &[&rustls::version::TLS12],
+            Some(suite),
+            3000,
+            300,
+            1 << 20,
+            false,
+        );
+        assert_eq!(info.version, "TLSv1.2");
+        assert_eq!(info.cipher_suite, format!("{:?}", suite.suite()));
+    }
+}
+
+/// Default settings (kTLS tried): falls back to userspace here without failing the
+/// connection; large messages span many records.
+#[test]
+fn default_config_falls_back_cleanly_and_carries_large_messages() {
+    let (_, info) = stream_feed(
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+        None,
+        300,
+        100_000,
+        1 << 20,
+        true,
+    );
+    expect_path(&info, true);
+}
+
+/// A 64 KiB ring with 60 000-byte messages: the ring often has less room than a record,
+/// so records are staged and copied in pieces.
+#[test]
+fn small_ring_stages_records_that_do_not_fit() {
+    stream_feed(
+        &[&rustls::version::TLS13],
+        None,
+        400,
+        60_000,
+        64 * 1024,
+        false,
+    );
+    stream_feed(
+        &[&rustls::version::TLS12],
+        None,
+        400,
+        60_000,
+        64 * 1024,
+        false,
+    );
+}
+
+fn connect_err(url: &str, cfg: &ConnConfig) -> ConnError {
+    let mut el = EventLoop::new(LoopConfig::default()).expect("loop");
+    match el.connect(url, cfg) {
+        Ok(_) => panic!("connect to {url} succeeded"),
+        Err(ws_engine::LoopError::Connect(e)) => e,
+        Err(e) => panic!("unexpected {e}"),
+    }
+}
+
+fn small_feed() -> Feed {
+    Feed {
+        count: 1,
+        size: 8,
+        gap: Duration::ZERO,
+        payload: Payload::Indexed,
+    }
+}
+
+#[test]
+fn wrong_ca_is_a_certificate_error() {
+    let ca = TestCa::new().expect("CA");
+    let other = TestCa::new().expect("CA");
+    let server = FeedServer::start_tls(small_feed(), ca.server_config(&NAMES).expect("cfg"))
+        .expect("server");
+    let mut cfg = client_cfg(&other, "wrong-ca", false);
+    cfg.tls.system_roots = false;
+    let e = connect_err(server.url(), &cfg);
+    assert!(
+        matches!(
+            &e,
+            ConnError::Tls(TlsError::Handshake(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer
+            )))
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+    let _ = server.join();
+}
+
+#[test]
+fn wrong_host_name_is_a_certificate_error() {
+    let ca = TestCa::new().expect("CA");
+    let server = FeedServer::start_tls(
+        small_feed(),
+        ca.server_config(&["feed.example"]).expect("cfg"),
+    )
+    .expect("server");
+    let e = connect_err(server.url(), &client_cfg(&ca, "wrong-host", false));
+    assert!(
+        matches!(
+            &e,
+            ConnError::Tls(TlsError::Handshake(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+            )))
+        ),
+        "{e:?}"
+    );
+    let _ = server.join();
+}
+
+#[test]
+fn expired_certificate_is_a_certificate_error() {
+    let ca = TestCa::new().expect("CA");
+    let cfg = ca
+        .server_cert(&NAMES, Validity::Expired)
+        .expect("cert")
+        .server_config(&[&rustls::version::TLS13], None)
+        .expect("cfg");
+    let server = FeedServer::start_tls(small_feed(), cfg).expect("server");
+    let e = connect_err(server.url(), &client_cfg(&ca, "expired", false));
+    assert!(
+        matches!(
+            &e,
+            ConnError::Tls(TlsError::Handshake(rustls::Error::InvalidCertificate(
+                CertificateError::Expired | CertificateError::ExpiredContext { .. }
+            )))
+        ),
+        "{e:?}"
+    );
+    let _ = server.join();
+}
+
+/// The server reads the ClientHello and hangs up.
+#[test]
+fn server_closing_mid_handshake_is_a_clear_error() {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("wss://{}/feed", l.local_addr().expect("addr"));
+    let h = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("accept");
+        let mut hello = [0u8; 5];
+        s.read_exact(&mut hello).expect("client hello header");
+        assert_eq!(hello[0], 22, "handshake record");
+    });
+    let ca = TestCa::new().expect("CA");
+    let e = connect_err(&url, &client_cfg(&ca, "eof", false));
+    h.join().expect("server");
+    assert!(
+        matches!(&e, ConnError::Tls(TlsError::HandshakeEof { .. })),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("during the TLS handshake"), "{e}");
+}
+
+/// The server reads the ClientHello and never answers: the handshake timeout ends it.
+#[test]
+fn server_stalling_mid_handshake_times_out() {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("wss://{}/feed", l.local_addr().expect("addr"));
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let h = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("accept");
+        let mut hello = [0u8; 5];
+        s.read_exact(&mut hello).expect("client hello header");
+        // Hold the connection open until the client has given up.
+        let _ = rx.recv();
+    });
+    let ca = TestCa::new().expect("CA");
+    let mut cfg = client_cfg(&ca, "stall", false);
+    cfg.handshake_timeout = Duration::from_millis(300);
+    let e = connect_err(&url, &cfg);
+    let _ = tx.send(());
+    h.join().expect("server");
+    assert!(
+        matches!(&e, ConnError::Tls(TlsError::HandshakeTimeout(..))),
+        "{e:?}"
+    );
+}
+
+/// After the upgrade the server writes a forged application-data record straight to the
+/// TCP socket: the client fails with bad_record_mac, never delivers it.
+#[test]
+fn forged_record_is_rejected() {
+    let ca = TestCa::new().expect("CA");
+    let server_cfg = ca.server_config(&NAMES).expect("cfg");
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("wss://{}/feed", l.local_addr().expect("addr"));
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let srv = std::thread::spawn(move || {
+        let (tcp, _) = l.accept().expect("accept");
+        let conn = rustls::ServerConnection::new(server_cfg).expect("conn");
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut b).expect("request");
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        let key = head
+            .lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.eq_ignore_ascii_case("sec-websocket-key")
+                    .then(|| v.trim().to_string())
+            })
+            .expect("key");
+        let resp = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            ws_engine::handshake::accept_key(&key)
+        );
+        s.write_all(resp.as_bytes()).expect("101");
+        s.flush().expect("flush");
+        let mut forged = vec![23u8, 3, 3, 0, 40];
+        forged.extend_from_slice(&[0x5A; 40]);
+        s.sock.write_all(&forged).expect("forged record");
+        let _ = rx.recv();
+    });
+    let mut el = EventLoop::new(LoopConfig::default()).expect("loop");
+    let mut h = Feedcheck::default();
+    // The forged record may arrive with the 101 response (the handshake fails) or after.
+    match el.connect(&url, &client_cfg(&ca, "forged", false)) {
+        Ok(_) => run_until_done(&mut el, &mut h),
+        Err(e) => h.errors.push(e.to_string()),
+    }
+    let _ = tx.send(());
+    srv.join().expect("server");
+    assert_eq!(h.n, 0, "a forged record reached the callback");
+    assert_eq!(h.errors.len(), 1, "{:?}", h.errors);
+    assert!(h.errors[0].contains("bad_record_mac"), "{:?}", h.errors);
+}
+
+/// kTLS: runs only where the kernel has the `tls` ULP.
+#[test]
+fn ktls_path_streams_a_feed() {
+    if let Err(why) = ktls_probe() {
+        eprintln!("SKIPPED: kTLS path not testable on this kernel: {why}");
+        return;
+    }
+    for versions in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let (_, info) = stream_feed(&[versions], None, 2000, 1000, 1 << 20, true);
+        assert_eq!(info.path, TlsPath::Ktls, "{info:?}");
+    }
+}
+
+// ---- Python websockets over TLS (OpenSSL) ----
+
+const PY_SERVER: &str = r#"
+import asyncio, ssl, sys
+from websockets.asyncio.server import serve
+
+cert, key, maxver = sys.argv[1], sys.argv[2], sys.argv[3]
+SIZES = [0, 1, 64, 125, 126, 1000, 16384, 65536, 100000]
+
+def payload(i):
+    size = SIZES[(i * 7) % len(SIZES)]
+    if i % 3 == 0:
+        return bytes([i % 256]) * size
+    return "\u00e9" * (size // 2) + "a" * (size % 2)
+
+async def handler(ws):
+    start = await ws.recv()
+    n = int(start.split()[1])
+    for i in range(n):
+        await ws.send(payload(i))
+        if i % 100 == 0:
+            echo = await ws.recv()
+            if echo != f"echo {i}":
+                await ws.close(4001, "bad echo")
+                return
+    reply = await ws.recv()
+    await ws.close(1000 if reply == f"got {n}" else 4000, "done")
+
+async def main():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    if maxver == "1.2":
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    async with serve(handler, "127.0.0.1", 0, ssl=ctx, max_size=None, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        print(f"PORT {port}", flush=True)
+        try:
+            await asyncio.wait_for(server.serve_forever(), 120)
+        except asyncio.TimeoutError:
+            pass
+
+asyncio.run(main())
+"#;
+
+const PY_SIZES: [usize; 9] = [0, 1, 64, 125, 126, 1000, 16384, 65536, 100000];
+const PY_N: usize = 800;
+
+fn py_expected(i: usize) -> (MsgKind, Vec<u8>) {
+    let size = PY_SIZES[(i * 7) % PY_SIZES.len()];
+    if i.is_multiple_of(3) {
+        (MsgKind::Binary, vec![(i % 256) as u8; size])
+    } else {
+        (
+            MsgKind::Text,
+            ("é".repeat(size / 2) + &"a".repeat(size % 2)).into_bytes(),
+        )
+    }
+}
+
+struct KillOnDrop(Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[derive(Default)]
+struct PyCheck {
+    n: usize,
+    bad: Vec<usize>,
+    errors: Vec<String>,
+    closed: Option<CloseInfo>,
+}
+
+impl Handler for PyCheck {
+    fn on_established(&mut self, conn: &mut ConnCtx<'_>) {
+        conn.send_text(&format!("start {PY_N}")).expect("send");
+    }
+    fn on_message(&mut self, conn: &mut ConnCtx<'_>, msg: Message<'_>) {
+        let (kind, data) = py_expected(self.n);
+        if msg.kind != kind || msg.data != data.as_slice() {
+            self.bad.push(self.n);
+        }
+        if self.n.is_multiple_of(100) {
+            conn.send_text(&format!("echo {}", self.n)).expect("send");
+        }
+        self.n += 1;
+        if self.n == PY_N {
+            conn.send_text(&format!("got {PY_N}")).expect("send");
+        }
+    }
+    fn on_error(&mut self, _id: ConnId, err: &ConnError) {
+        self.errors.push(err.to_string());
+    }
+    fn on_closed(&mut self, _id: ConnId, info: &CloseInfo) {
+        self.closed = Some(info.clone());
+    }
+}
+
+fn python_over_tls(maxver: &str) {
+    let have = Command::new("python3")
+        .args(["-c", "import ssl, websockets.asyncio.server"])
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !have {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("python3 with websockets is not available and CI=true: run `cargo xtask setup`");
+        }
+        eprintln!("SKIPPED: python3 with websockets not available (pip install websockets)");
+        return;
+    }
+    let ca = TestCa::new().expect("CA");
+    let cert = ca.server_cert(&NAMES, Validity::Current).expect("cert");
+    let (cp, kp) = (
+        temp_path(&format!("py{maxver}-cert.pem")),
+        temp_path(&format!("py{maxver}-key.pem")),
+    );
+    cert.write_pem(&cp, &kp).expect("pem");
+    let mut child = KillOnDrop(
+        Command::new("python3")
+            .arg("-c")
+            .arg(PY_SERVER)
+            .arg(&cp)
+            .arg(&kp)
+            .arg(maxver)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn python3"),
+    );
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("port line");
+    let port: u16 = line
+        .trim()
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("server did not report its port: {line:?}"));
+    let mut el = EventLoop::new(LoopConfig::default()).expect("loop");
+    let id = el
+        .connect(
+            &format!("wss://localhost:{port}/"),
+            &client_cfg(&ca, "py", false),
+        )
+        .expect("connect");
+    let info = el.tls_info(id).expect("info");
+    assert_eq!(
+        info.version,
+        if maxver == "1.2" {
+            "TLSv1.2"
+        } else {
+            "TLSv1.3"
+        }
+    );
+    assert_eq!(info.alpn.as_deref(), Some("http/1.1"));
+    let mut h = PyCheck::default();
+    run_until_done(&mut el, &mut h);
+    drop(child);
+    assert!(h.errors.is_empty(), "{:?}", h.errors);
+    assert_eq!(h.n, PY_N);
+    assert!(
+        h.bad.is_empty(),
+        "messages differing: {:?}",
+        &h.bad[..h.bad.len().min(20)]
+    );
+    let closed = h.closed.expect("closed");
+    assert_eq!(closed.peer_code, Some(1000), "{closed:?}");
+    assert!(closed.clean, "{closed:?}");
+}
+
+#[test]
+fn python_websockets_over_tls13() {
+    python_over_tls("1.3");
+}
+
+#[test]
+fn python_websockets_over_tls12() {
+    python_over_tls("1.2");
+}
