@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use ws_abi::ProbeKind;
 use ws_trace::{
     attach::{self, AttachOptions, Plan},
-    demo, doctor, privileges,
+    correlate, demo, doctor, export, privileges,
     probes::{DEFAULT_RING_BYTES, Filter, LoadOptions},
     record::Recorder,
     report, symbols,
@@ -70,6 +70,17 @@ enum Command {
         /// Server URL.
         url: String,
     },
+    /// Export a recorded trace: Perfetto, Chrome JSON, JSON lines, folded stacks, SVG.
+    Export {
+        /// The trace file.
+        file: PathBuf,
+        /// Output format (default: from the output file's extension).
+        #[arg(long, value_name = "perfetto|chrome-json|jsonl|folded|svg")]
+        format: Option<export::Format>,
+        /// Output file.
+        #[arg(short = 'o', long = "output", value_name = "OUT")]
+        output: PathBuf,
+    },
     /// Read a recorded trace: events, one NIC→callback row per message, stage tables.
     Report {
         /// The trace file (from `attach -o` or `record -o`).
@@ -114,7 +125,8 @@ struct AttachArgs {
     /// Print every event as a line on stdout while attached.
     #[arg(long)]
     print: bool,
-    /// Record every event to this trace file.
+    /// Record every event to this trace file (`.wstrace`), or write an export at the end
+    /// when the extension names one (`.pftrace`, `.json`, `.jsonl`, `.folded`, `.svg`).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     output: Option<PathBuf>,
     /// Start this command and trace it (it runs once the probes are attached).
@@ -191,12 +203,44 @@ fn run() -> anyhow::Result<ExitCode> {
                 result.summary.total_drops()
             );
             println!("\n{}", result.report);
-            println!("\nfiles:\n  trace  {}", result.trace.display());
+            println!("\nfiles:");
+            println!("  trace     {}", result.trace.display());
+            for (what, path) in &result.files {
+                println!("  {what:<9} {}", path.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::DemoClient { url } => {
             let n = demo::client(&url).map_err(anyhow::Error::msg)?;
             println!("demo-client: received {n} messages");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export {
+            file,
+            format,
+            output,
+        } => {
+            let format = match format {
+                Some(f) => f,
+                None => format_of(&output)?,
+            };
+            let trace =
+                report::load(&file).with_context(|| format!("reading {}", file.display()))?;
+            let correlation = correlate::correlate(&trace.events);
+            write_export(
+                format,
+                &correlation,
+                &trace.events,
+                Some(&trace.header),
+                &output,
+            )?;
+            eprintln!(
+                "ws-trace: {} of {} messages exported to {} ({})",
+                correlation.rows.len(),
+                correlation.messages,
+                output.display(),
+                format.name()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Report {
@@ -288,7 +332,15 @@ fn attach_command(args: AttachArgs) -> anyhow::Result<ExitCode> {
         target.describe(),
         duration.map_or(String::new(), |d| format!(" for {:.1} s", d.as_secs_f64()))
     );
-    let mut recorder = match &args.output {
+    // `-o` names either a trace file, or (by its extension) an export written at the end.
+    let export_format = args
+        .output
+        .as_deref()
+        .and_then(|p| p.extension()?.to_str())
+        .filter(|e| *e != "wstrace")
+        .and_then(export::Format::from_extension);
+    let mut kept: Vec<ws_trace::decode::Event> = Vec::new();
+    let mut recorder = match args.output.as_ref().filter(|_| export_format.is_none()) {
         Some(path) => {
             let filters = TraceFilters {
                 tgids: opts.plan.load.filter.tgids.iter().copied().collect(),
@@ -317,6 +369,9 @@ fn attach_command(args: AttachArgs) -> anyhow::Result<ExitCode> {
             if args.print {
                 println!("{event}");
             }
+            if export_format.is_some() {
+                kept.push(*event);
+            }
             if let Some(r) = recorder.as_mut()
                 && record_error.is_none()
                 && let Err(e) = r.record(raw)
@@ -327,6 +382,17 @@ fn attach_command(args: AttachArgs) -> anyhow::Result<ExitCode> {
         },
     )
     .context("attach session")?;
+    if let (Some(format), Some(path)) = (export_format, &args.output) {
+        let correlation = correlate::correlate(&kept);
+        write_export(format, &correlation, &kept, None, path)?;
+        eprintln!(
+            "ws-trace: {} of {} messages exported to {} ({})",
+            correlation.rows.len(),
+            correlation.messages,
+            path.display(),
+            format.name()
+        );
+    }
     if let (Some(r), Some(path)) = (recorder, &args.output) {
         let records = r.records();
         r.finish(&summary)
@@ -343,6 +409,41 @@ fn attach_command(args: AttachArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("ws-trace: probes detached");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The export format an output file's extension names.
+fn format_of(path: &std::path::Path) -> anyhow::Result<export::Format> {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .and_then(export::Format::from_extension)
+        .with_context(|| {
+            format!(
+                "{}: say --format (the extension names no format: .pftrace .json .jsonl .folded .svg)",
+                path.display()
+            )
+        })
+}
+
+/// Writes one export of `correlation` to `path`.
+fn write_export(
+    format: export::Format,
+    correlation: &correlate::Correlation,
+    events: &[ws_trace::decode::Event],
+    header: Option<&ws_trace::tracefile::TraceHeader>,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let input = export::ExportInput {
+        correlation,
+        events,
+        header,
+    };
+    export::export(format, &input, &mut out)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::flush(&mut out).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 /// Sends `log` records (the probes' aya-log output) to stderr.

@@ -214,7 +214,11 @@ pub struct CorrelationSummary {
 impl Report {
     /// Builds the report of a loaded trace.
     pub fn build(trace: &LoadedTrace, slowest: usize) -> Report {
-        let c: Correlation = correlate(&trace.events);
+        Report::with_correlation(trace, &correlate(&trace.events), slowest)
+    }
+
+    /// Builds the report of a loaded trace whose events were already correlated.
+    pub fn with_correlation(trace: &LoadedTrace, c: &Correlation, slowest: usize) -> Report {
         let mut per: BTreeMap<u64, Vec<&MessageRow>> = BTreeMap::new();
         let mut tls_paths = BTreeMap::new();
         for r in &c.rows {

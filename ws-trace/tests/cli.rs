@@ -443,7 +443,23 @@ fn demo_traces_a_session_across_a_veth_pair() {
         .unwrap_or_else(|| panic!("no message counts in {stdout}"));
     assert!(seen >= 995, "joined {seen} of 1000:\n{stdout}");
     assert!(stdout.contains("nic → callback_done"), "{stdout}");
-    assert!(dir.path().join("trace.wstrace").exists());
+    for file in [
+        "trace.wstrace",
+        "trace.pftrace",
+        "stages.svg",
+        "messages.jsonl",
+        "report.txt",
+    ] {
+        let path = dir.path().join(file);
+        assert!(
+            path.metadata().is_ok_and(|m| m.len() > 0),
+            "{file} missing or empty"
+        );
+        assert!(
+            stdout.contains(&path.display().to_string()),
+            "{file} not printed:\n{stdout}"
+        );
+    }
     // The namespace and veth pair are gone afterwards.
     let links = Command::new("ip")
         .args(["-o", "link"])

@@ -20,6 +20,8 @@ use ws_engine::server::{Feed, Payload, Sent, serve};
 
 use crate::{
     attach::{self, AttachError, AttachOptions, Plan, Summary},
+    correlate::correlate,
+    export::{ExportInput, Format, export},
     probes::{Filter, LoadOptions},
     record::Recorder,
     report::{self, Report},
@@ -50,6 +52,9 @@ pub enum DemoError {
     /// Writing or reading the trace failed.
     #[error(transparent)]
     Trace(#[from] TraceFileError),
+    /// Writing an export failed.
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
     /// The client did not receive the whole feed.
     #[error("the client exited with {0}")]
     Client(String),
@@ -82,6 +87,8 @@ pub struct DemoResult {
     pub report: Report,
     /// The trace file.
     pub trace: PathBuf,
+    /// The other files written next to it: (what, path).
+    pub files: Vec<(&'static str, PathBuf)>,
 }
 
 /// Starts the feed server; inside `ns` when given. Returns its address and thread.
@@ -229,13 +236,45 @@ pub fn run(
     }
     drop(ns);
     let loaded = report::load(&trace)?;
-    let report = Report::build(&loaded, 5);
+    let correlation = correlate(&loaded.events);
+    let report = Report::with_correlation(&loaded, &correlation, 5);
+    let mut files = Vec::new();
+    for (what, name, format) in [
+        ("perfetto", "trace.pftrace", Format::Perfetto),
+        ("flamegraph", "stages.svg", Format::Svg),
+        ("messages", "messages.jsonl", Format::Jsonl),
+    ] {
+        let path = opts.out.join(name);
+        let file = std::fs::File::create(&path).map_err(|source| DemoError::OutDir {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut out = std::io::BufWriter::new(file);
+        let input = ExportInput {
+            correlation: &correlation,
+            events: &loaded.events,
+            header: Some(&loaded.header),
+        };
+        export(format, &input, &mut out)?;
+        std::io::Write::flush(&mut out).map_err(|source| DemoError::OutDir {
+            path: path.display().to_string(),
+            source,
+        })?;
+        files.push((what, path));
+    }
+    let report_path = opts.out.join("report.txt");
+    std::fs::write(&report_path, report.to_string()).map_err(|source| DemoError::OutDir {
+        path: report_path.display().to_string(),
+        source,
+    })?;
+    files.push(("report", report_path));
     Ok(DemoResult {
         network,
         summary,
         sent,
         report,
         trace,
+        files,
     })
 }
 
