@@ -384,29 +384,7 @@ fn forged_record_is_rejected() {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let srv = std::thread::spawn(move || {
         let (tcp, _) = l.accept().expect("accept");
-        let conn = rustls::ServerConnection::new(server_cfg).expect("conn");
-        let mut s = rustls::StreamOwned::new(conn, tcp);
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            s.read_exact(&mut b).expect("request");
-            head.push(b[0]);
-        }
-        let head = String::from_utf8_lossy(&head).to_string();
-        let key = head
-            .lines()
-            .find_map(|l| {
-                let (n, v) = l.split_once(':')?;
-                n.eq_ignore_ascii_case("sec-websocket-key")
-                    .then(|| v.trim().to_string())
-            })
-            .expect("key");
-        let resp = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-            ws_engine::handshake::accept_key(&key)
-        );
-        s.write_all(resp.as_bytes()).expect("101");
-        s.flush().expect("flush");
+        let mut s = tls_upgrade(server_cfg, tcp);
         let mut forged = vec![23u8, 3, 3, 0, 40];
         forged.extend_from_slice(&[0x5A; 40]);
         s.sock.write_all(&forged).expect("forged record");
@@ -424,6 +402,136 @@ fn forged_record_is_rejected() {
     assert_eq!(h.n, 0, "a forged record reached the callback");
     assert_eq!(h.errors.len(), 1, "{:?}", h.errors);
     assert!(h.errors[0].contains("bad_record_mac"), "{:?}", h.errors);
+}
+
+type ServerStream = rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>;
+
+/// Server side of TLS + the WebSocket upgrade, by hand.
+fn tls_upgrade(
+    cfg: std::sync::Arc<rustls::ServerConfig>,
+    tcp: std::net::TcpStream,
+) -> ServerStream {
+    tcp.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let conn = rustls::ServerConnection::new(cfg).expect("conn");
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).expect("request");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let key = head
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("sec-websocket-key")
+                .then(|| v.trim().to_string())
+        })
+        .expect("key");
+    let resp = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        ws_engine::handshake::accept_key(&key)
+    );
+    s.write_all(resp.as_bytes()).expect("101");
+    s.flush().expect("flush");
+    s
+}
+
+/// The server sends TLS 1.3 KeyUpdates (asking for ours) between batches: the client
+/// switches its receive keys at the right record, answers with its own KeyUpdate and
+/// sends under the new keys (the server decrypts the client's reply).
+#[test]
+fn key_update_mid_stream_rekeys_both_directions() {
+    const PER: u64 = 150;
+    const ROUNDS: u64 = 4;
+    let ca = TestCa::new().expect("CA");
+    let server_cfg = ca
+        .server_cert(&NAMES, Validity::Current)
+        .expect("cert")
+        .server_config(&[&rustls::version::TLS13], None)
+        .expect("cfg");
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("wss://{}/feed", l.local_addr().expect("addr"));
+    let srv = std::thread::spawn(move || -> String {
+        let (tcp, _) = l.accept().expect("accept");
+        let mut s = tls_upgrade(server_cfg, tcp);
+        let mut i = 0u64;
+        for _ in 0..ROUNDS {
+            for _ in 0..PER {
+                let mut data = vec![0u8; 300];
+                data[..8].copy_from_slice(&i.to_le_bytes());
+                s.write_all(&ws_engine::server::frame(
+                    ws_engine::frame::OpCode::Binary,
+                    &data,
+                ))
+                .expect("frame");
+                i += 1;
+            }
+            s.flush().expect("flush");
+            s.conn.refresh_traffic_keys().expect("key update");
+        }
+        s.flush().expect("flush");
+        // The client's reply, sent under its updated keys.
+        let mut dec = ws_engine::decoder::Decoder::new_server(ws_engine::Limits::default());
+        let mut buf = Vec::new();
+        let text = loop {
+            if let Ok(ws_engine::decoder::Decoded::Frame {
+                event: Some(ws_engine::decoder::Event::Message { data, .. }),
+                ..
+            }) = dec.decode(&mut buf)
+            {
+                break String::from_utf8_lossy(data).to_string();
+            }
+            let mut tmp = [0u8; 4096];
+            let n = s.read(&mut tmp).expect("client reply");
+            assert!(n > 0, "client closed before replying");
+            buf.extend_from_slice(&tmp[..n]);
+        };
+        s.write_all(&ws_engine::server::frame(
+            ws_engine::frame::OpCode::Close,
+            &1000u16.to_be_bytes(),
+        ))
+        .expect("close");
+        s.flush().expect("flush");
+        let mut tmp = [0u8; 256];
+        let _ = s.read(&mut tmp);
+        text
+    });
+    struct Reply(Feedcheck);
+    impl Handler for Reply {
+        fn on_message(&mut self, conn: &mut ConnCtx<'_>, msg: Message<'_>) {
+            self.0.on_message(conn, msg);
+            if self.0.n == PER * ROUNDS {
+                conn.send_text(&format!("got {}", self.0.n)).expect("send");
+            }
+        }
+        fn on_error(&mut self, id: ConnId, err: &ConnError) {
+            self.0.on_error(id, err);
+        }
+        fn on_closed(&mut self, id: ConnId, info: &CloseInfo) {
+            self.0.on_closed(id, info);
+        }
+    }
+    let mut el = EventLoop::new(LoopConfig::default()).expect("loop");
+    el.connect(&url, &client_cfg(&ca, "keyupdate", false))
+        .expect("connect");
+    let mut h = Reply(Feedcheck {
+        size: 300,
+        ..Default::default()
+    });
+    run_until_done(&mut el, &mut h);
+    let reply = srv.join().expect("server");
+    assert!(h.0.errors.is_empty(), "{:?}", h.0.errors);
+    assert_eq!(h.0.n, PER * ROUNDS);
+    assert!(
+        h.0.bad.is_empty(),
+        "{:?}",
+        &h.0.bad[..h.0.bad.len().min(10)]
+    );
+    assert_eq!(reply, format!("got {}", PER * ROUNDS));
+    assert!(h.0.closed.expect("closed").clean);
 }
 
 /// kTLS: runs only where the kernel has the `tls` ULP.
