@@ -31,11 +31,67 @@ pub enum CallbackKind {
     Writable,
 }
 
-/// Every user callback runs through here.
+impl CallbackKind {
+    /// The callback profiler's kind for this callback.
+    pub fn profiler_kind(self) -> ws_profiler::CallbackKind {
+        use ws_profiler::CallbackKind as P;
+        match self {
+            CallbackKind::Established => P::ESTABLISHED,
+            CallbackKind::Message => P::RECEIVE,
+            CallbackKind::Closed => P::CLOSED,
+            CallbackKind::Error => P::CONNECTION_ERROR,
+            CallbackKind::Ping => P::PING,
+            CallbackKind::Pong => P::PONG,
+            CallbackKind::CloseFrame => P::CLOSE_FRAME,
+            CallbackKind::Writable => P::WRITABLE,
+        }
+    }
+}
+
+thread_local! {
+    /// The profiler of the event loop polling on this thread, if it has one.
+    static PROFILER: std::cell::RefCell<Option<ws_profiler::Profiler>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// While alive, callbacks on this thread are timed by a profiler (the event loop's).
+pub(crate) struct ProfilerScope {
+    previous: Option<ws_profiler::Profiler>,
+}
+
+impl ProfilerScope {
+    /// Makes `profiler` the one timing this thread's callbacks until the scope ends.
+    pub(crate) fn enter(profiler: Option<&ws_profiler::Profiler>) -> ProfilerScope {
+        let previous = PROFILER.with(|p| p.replace(profiler.cloned()));
+        ProfilerScope { previous }
+    }
+}
+
+impl Drop for ProfilerScope {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        PROFILER.with(|p| *p.borrow_mut() = previous);
+    }
+}
+
+/// Every user callback runs through here: timed per kind (and per connection, when the
+/// profiler keeps connections) by the event loop's callback profiler, if it has one.
 #[inline(always)]
-pub(crate) fn invoke<R>(kind: CallbackKind, f: impl FnOnce() -> R) -> R {
-    let _ = kind;
-    f()
+pub(crate) fn invoke<R>(
+    kind: CallbackKind,
+    conn: ConnId,
+    bytes: usize,
+    f: impl FnOnce() -> R,
+) -> R {
+    PROFILER.with(|p| match p.try_borrow().ok().as_deref() {
+        Some(Some(profiler)) => {
+            let span = profiler.start_conn(kind.profiler_kind(), conn.0);
+            let r = f();
+            span.stop(bytes as u64);
+            r
+        }
+        _ => f(),
+    })
 }
 
 /// A received message, valid for the duration of the callback.

@@ -520,7 +520,9 @@ impl Conn {
                 id: self.id,
                 out: &mut self.out,
             };
-            invoke(CallbackKind::Established, || h.on_established(&mut ctx));
+            invoke(CallbackKind::Established, ctx.id, 0, || {
+                h.on_established(&mut ctx)
+            });
         }
         let st = self.hs_stamps;
         self.process(h, clock, &st, log);
@@ -593,7 +595,9 @@ impl Conn {
                         id: self.id,
                         out: &mut self.out,
                     };
-                    invoke(CallbackKind::Writable, || h.on_writable(&mut ctx));
+                    invoke(CallbackKind::Writable, ctx.id, 0, || {
+                        h.on_writable(&mut ctx)
+                    });
                 }
             }
             Ok(false) => {}
@@ -783,7 +787,7 @@ impl Conn {
                             let mut ctx = ConnCtx { id: *id, out };
                             probe.stamps.callback_ns = clock.now_ns();
                             call_through_probe(probe, &mut |p: &MsgProbe| {
-                                invoke(CallbackKind::Message, || {
+                                invoke(CallbackKind::Message, ctx.id, data.len(), || {
                                     h.on_message(
                                         &mut ctx,
                                         Message {
@@ -813,18 +817,18 @@ impl Conn {
                                 let _ = out.send_control(OpCode::Pong, p);
                             }
                             let mut ctx = ConnCtx { id: *id, out };
-                            invoke(CallbackKind::Ping, || h.on_ping(&mut ctx, p));
+                            invoke(CallbackKind::Ping, *id, p.len(), || h.on_ping(&mut ctx, p));
                         }
                         Some(Event::Pong(p)) => {
                             let mut ctx = ConnCtx { id: *id, out };
-                            invoke(CallbackKind::Pong, || h.on_pong(&mut ctx, p));
+                            invoke(CallbackKind::Pong, *id, p.len(), || h.on_pong(&mut ctx, p));
                         }
                         Some(Event::Close { code, reason }) => {
                             info.peer_code = code;
                             info.peer_reason = reason.to_string();
                             {
                                 let mut ctx = ConnCtx { id: *id, out };
-                                invoke(CallbackKind::CloseFrame, || {
+                                invoke(CallbackKind::CloseFrame, *id, reason.len(), || {
                                     h.on_close_frame(&mut ctx, code, reason)
                                 });
                             }

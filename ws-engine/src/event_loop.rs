@@ -4,7 +4,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-use crate::callback::{CallbackKind, ConnCtx, ConnId, Handler, invoke};
+use crate::callback::{CallbackKind, ConnCtx, ConnId, Handler, ProfilerScope, invoke};
 use crate::clock::Clock;
 use crate::conn::{Conn, ConnConfig, ConnError, SendError, Status};
 use crate::decoder::MsgKind;
@@ -38,6 +38,9 @@ pub struct LoopConfig {
     pub stamp_log_capacity: usize,
     /// How often timers are checked while connections have them.
     pub timer_granularity: Duration,
+    /// Times every callback the loop makes (per kind, and per connection when the
+    /// profiler keeps connections). `None`: callbacks are not timed.
+    pub profiler: Option<ws_profiler::Profiler>,
 }
 
 impl Default for LoopConfig {
@@ -46,6 +49,7 @@ impl Default for LoopConfig {
             max_events: 256,
             stamp_log_capacity: 0,
             timer_granularity: Duration::from_millis(10),
+            profiler: None,
         }
     }
 }
@@ -274,9 +278,9 @@ impl EventLoop {
             self.free.push(slot);
             self.live -= 1;
             if let Some(e) = &err {
-                invoke(CallbackKind::Error, || h.on_error(id, e));
+                invoke(CallbackKind::Error, id, 0, || h.on_error(id, e));
             }
-            invoke(CallbackKind::Closed, || h.on_closed(id, &info));
+            invoke(CallbackKind::Closed, id, 0, || h.on_closed(id, &info));
         }
     }
 
@@ -304,6 +308,7 @@ impl EventLoop {
         h: &mut H,
         timeout: Option<Duration>,
     ) -> Result<usize, LoopError> {
+        let _profiler = ProfilerScope::enter(self.cfg.profiler.as_ref());
         // New connections: on_established, and frames that came with the handshake.
         for slot in 0..self.conns.len() {
             let pending = matches!(&self.conns[slot], Some(c) if c.established_pending);
