@@ -8,7 +8,7 @@
 //! overlap partly. So each track has lanes: a slice goes into the first lane where it
 //! nests in or follows what is there, and a new lane opens when none fits.
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 
 use crate::correlate::{MessageRow, Stamp};
 
@@ -144,13 +144,13 @@ impl Timeline {
         let (lanes, marks) = assign_lanes(&mut slices);
 
         let mut tgid_of: BTreeMap<u32, u32> = rows.iter().map(|r| (r.tid, r.tid)).collect();
-        let mut seen: HashMap<u32, ()> = HashMap::new();
+        let mut seen: HashSet<u32> = HashSet::new();
         for e in input.events {
             let h = e.header();
             if h.tid != 0
                 && h.tgid != 0
                 && let Some(t) = tgid_of.get_mut(&h.tid)
-                && seen.insert(h.tid, ()).is_none()
+                && seen.insert(h.tid)
             {
                 *t = h.tgid;
             }
@@ -242,6 +242,7 @@ fn assign_lanes(slices: &mut [Slice]) -> (BTreeMap<Place, u32>, Vec<Mark>) {
 mod tests {
     use super::*;
     use crate::export::testdata;
+    use std::collections::HashMap;
 
     /// Replays the marks per (track, lane) with a stack: every end closes the innermost
     /// open slice of its lane, and times never go back.
