@@ -296,6 +296,36 @@ mod tests {
     }
 
     #[test]
+    fn process_named_after_the_traced_command() {
+        let c = testdata::correlation();
+        let mut header = crate::tracefile::TraceHeader::default();
+        header.filters.command = Some(vec!["/usr/bin/feed-client".into(), "-x".into()]);
+        let input = ExportInput {
+            correlation: &c,
+            events: &[],
+            header: Some(&header),
+        };
+        assert_eq!(process_name(&input).as_deref(), Some("feed-client"));
+        let mut header = header.clone();
+        header.filters.comm = Some("client".into());
+        let input = ExportInput {
+            header: Some(&header),
+            ..input
+        };
+        assert_eq!(process_name(&input).as_deref(), Some("client"));
+        let mut out = Vec::new();
+        write(&input, &mut out).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert!(
+            v["traceEvents"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "process_name" && e["args"]["name"] == "client 42")
+        );
+    }
+
+    #[test]
     fn micros_keep_nanoseconds() {
         assert_eq!(Micros(0).to_string(), "0.000");
         assert_eq!(Micros(1).to_string(), "0.001");
