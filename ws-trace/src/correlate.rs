@@ -98,7 +98,7 @@ impl Stamp {
             Stamp::Epoll => "→ epoll return",
             Stamp::RecvStart => "→ recv_start (loop dispatch)",
             Stamp::Decrypt => "recv_start → decrypt (read syscall)",
-            Stamp::RecvEnd => "→ recv_end (read / decrypt)",
+            Stamp::RecvEnd => "→ recv_end (TLS: decrypt; else read)",
             Stamp::Parsed => "recv_end → parsed (frame parse)",
             Stamp::Callback => "parsed → callback (dispatch)",
             Stamp::CallbackDone => "callback → callback_done (user code)",

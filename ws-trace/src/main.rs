@@ -63,10 +63,16 @@ enum Command {
         /// Stay on loopback instead of a network namespace with a veth pair.
         #[arg(long)]
         loopback: bool,
+        /// Plain ws:// instead of wss://.
+        #[arg(long)]
+        plain: bool,
     },
     /// The demo's client process (internal).
     #[command(hide = true)]
     DemoClient {
+        /// CA certificate (PEM) to trust for wss://.
+        #[arg(long)]
+        ca: Option<PathBuf>,
         /// Server URL.
         url: String,
     },
@@ -174,6 +180,7 @@ fn run() -> anyhow::Result<ExitCode> {
             size,
             out,
             loopback,
+            plain,
         } => {
             privileges::require_tracing()?;
             let stop = Arc::new(AtomicBool::new(false));
@@ -189,10 +196,12 @@ fn run() -> anyhow::Result<ExitCode> {
                 size,
                 out,
                 loopback,
+                plain,
             };
             let exe = std::env::current_exe().context("finding the ws-trace binary")?;
             eprintln!(
-                "ws-trace demo: {rate} msg/s of {size} B for {duration} s, every probe attached"
+                "ws-trace demo: {rate} msg/s of {size} B over {} for {duration} s, every probe attached",
+                if plain { "ws://" } else { "wss://" }
             );
             let result = demo::run(&opts, &exe, &stop).context("demo")?;
             println!("network: {}", result.network);
@@ -210,8 +219,8 @@ fn run() -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::DemoClient { url } => {
-            let n = demo::client(&url).map_err(anyhow::Error::msg)?;
+        Command::DemoClient { ca, url } => {
+            let n = demo::client(&url, ca.as_deref()).map_err(anyhow::Error::msg)?;
             println!("demo-client: received {n} messages");
             Ok(ExitCode::SUCCESS)
         }

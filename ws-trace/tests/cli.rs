@@ -443,6 +443,13 @@ fn demo_traces_a_session_across_a_veth_pair() {
         .unwrap_or_else(|| panic!("no message counts in {stdout}"));
     assert!(seen >= 995, "joined {seen} of 1000:\n{stdout}");
     assert!(stdout.contains("nic → callback_done"), "{stdout}");
+    // Over TLS, decrypted in user space here (no kTLS), with decrypt as its own stage.
+    let userspace = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("tls path: userspace "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert_eq!(userspace, Some(seen), "{stdout}");
+    assert!(stdout.contains("recv_start → decrypt"), "{stdout}");
     for file in [
         "trace.wstrace",
         "trace.pftrace",

@@ -1,10 +1,10 @@
 //! `ws-trace demo`: a real traced WebSocket session, end to end.
 //!
-//! A feed server streams market-data-like messages from inside a network namespace (over
-//! a veth pair; loopback if namespaces are unavailable); a ws-engine client, started by
-//! ws-trace as a separate process, receives them; every probe is attached for the whole
-//! session and records to a trace file; then the report is printed and the trace is
-//! exported next to it.
+//! A feed server streams market-data-like messages over TLS (`wss://`, a throwaway CA made
+//! for the run) from inside a network namespace (over a veth pair; loopback if namespaces
+//! are unavailable); a ws-engine client, started by ws-trace as a separate process,
+//! receives them; every probe is attached for the whole session and records to a trace
+//! file; then the report is printed and the trace is exported next to it.
 pub mod netns;
 
 use std::{
@@ -16,7 +16,10 @@ use std::{
 };
 
 use ws_abi::ProbeKind;
-use ws_engine::server::{Feed, Payload, Sent, serve};
+use ws_engine::{
+    server::{Feed, Payload, Sent, serve, serve_tls},
+    testca::TestCa,
+};
 
 use crate::{
     attach::{self, AttachError, AttachOptions, Plan, Summary},
@@ -55,6 +58,9 @@ pub enum DemoError {
     /// Writing an export failed.
     #[error(transparent)]
     Export(#[from] crate::export::ExportError),
+    /// The throwaway CA or the server certificate could not be made.
+    #[error("making the demo's TLS certificates: {0}")]
+    Tls(String),
     /// The client did not receive the whole feed.
     #[error("the client exited with {0}")]
     Client(String),
@@ -73,6 +79,8 @@ pub struct DemoOptions {
     pub out: PathBuf,
     /// Use loopback even where a network namespace could be made.
     pub loopback: bool,
+    /// Plain `ws://` instead of `wss://`.
+    pub plain: bool,
 }
 
 /// What the demo produced.
@@ -95,6 +103,7 @@ pub struct DemoResult {
 fn start_server(
     ns: Option<&netns::Netns>,
     feed: Feed,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 ) -> Result<(SocketAddr, thread::JoinHandle<std::io::Result<Sent>>), DemoError> {
     let (tx, rx) = mpsc::channel();
     let bind: SocketAddr = match ns {
@@ -118,7 +127,10 @@ fn start_server(
         };
         let _ = tx.send(listener.local_addr());
         let (stream, _) = listener.accept()?;
-        serve(stream, feed)
+        match tls {
+            Some(config) => serve_tls(stream, config, feed),
+            None => serve(stream, feed),
+        }
     });
     let addr = rx
         .recv()
@@ -166,13 +178,32 @@ pub fn run(
         gap: Duration::from_secs_f64(1.0 / f64::from(rate)),
         payload: Payload::MarketData,
     };
-    let (addr, server) = start_server(ns.as_ref(), feed)?;
-    let url = format!("ws://{addr}/feed");
-    let mut target = Target::spawn(&[
-        client_exe.display().to_string(),
-        "demo-client".to_string(),
-        url.clone(),
-    ])?;
+    let server_ip = match &ns {
+        Some(_) => netns::PEER_ADDR.to_string(),
+        None => "127.0.0.1".to_string(),
+    };
+    let mut client_args = vec![client_exe.display().to_string(), "demo-client".to_string()];
+    let tls = if opts.plain {
+        None
+    } else {
+        let ca = TestCa::new().map_err(|e| DemoError::Tls(e.to_string()))?;
+        let ca_path = opts.out.join("demo-ca.pem");
+        ca.write_ca_pem(&ca_path)
+            .map_err(|source| DemoError::OutDir {
+                path: ca_path.display().to_string(),
+                source,
+            })?;
+        client_args.extend(["--ca".to_string(), ca_path.display().to_string()]);
+        Some(
+            ca.server_config(&[server_ip.as_str()])
+                .map_err(|e| DemoError::Tls(e.to_string()))?,
+        )
+    };
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    let (addr, server) = start_server(ns.as_ref(), feed, tls)?;
+    let url = format!("{scheme}://{addr}/feed");
+    client_args.push(url.clone());
+    let mut target = Target::spawn(&client_args)?;
     let tgids = target.tgids()?;
     let mut kinds = ProbeKind::KERNEL.to_vec();
     kinds.push(ProbeKind::ProcessFork);
@@ -278,9 +309,9 @@ pub fn run(
     })
 }
 
-/// The `demo-client URL` side: a ws-engine client counting messages until the server
-/// closes. Returns the count.
-pub fn client(url: &str) -> Result<u64, String> {
+/// The `demo-client [--ca FILE] URL` side: a ws-engine client counting messages until the
+/// server closes. Returns the count.
+pub fn client(url: &str, ca_file: Option<&Path>) -> Result<u64, String> {
     use ws_engine::{ConnConfig, ConnCtx, EventLoop, Handler, LoopConfig, Message};
     struct Count(u64);
     impl Handler for Count {
@@ -292,7 +323,12 @@ pub fn client(url: &str) -> Result<u64, String> {
         }
     }
     let mut el = EventLoop::new(LoopConfig::default()).map_err(|e| e.to_string())?;
-    el.connect(url, &ConnConfig::default())
+    let mut cfg = ConnConfig::default();
+    if let Some(ca) = ca_file {
+        cfg.tls.ca_file = Some(ca.to_path_buf());
+        cfg.tls.system_roots = false;
+    }
+    el.connect(url, &cfg)
         .map_err(|e| format!("connecting to {url}: {e}"))?;
     let mut count = Count(0);
     el.run(&mut count).map_err(|e| e.to_string())?;
