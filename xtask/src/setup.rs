@@ -24,13 +24,19 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     // setpriv, to run the CLI without privileges in tests.
     "util-linux",
+    // objcopy, to make a stripped binary in the symbol tests.
+    "binutils",
 ];
 
 /// The bpf-linker release this project is built and tested with.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Python packages of the real peers the engine's tests talk to.
-const PYTHON_PACKAGES: &[(&str, &str)] = &[("kosoku", "kosoku"), ("websockets", "websockets")];
+/// Python packages of the real peers the engine's tests talk to (pip spec, module), pinned:
+/// the Autobahn expected-results file holds for this kosoku.
+const PYTHON_PACKAGES: &[(&str, &str)] = &[
+    ("kosoku==0.1.0", "kosoku"),
+    ("websockets==17.4", "websockets"),
+];
 
 struct Step {
     name: &'static str,
