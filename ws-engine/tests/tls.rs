@@ -534,6 +534,135 @@ fn key_update_mid_stream_rekeys_both_directions() {
     assert!(h.0.closed.expect("closed").clean);
 }
 
+/// A TCP stream that counts the bytes written to it.
+struct Counting {
+    tcp: std::net::TcpStream,
+    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Read for Counting {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Counting {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.tcp.write(buf)?;
+        self.written
+            .fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// Userspace TLS stream offsets are socket (ciphertext) bytes: when the last message
+/// arrives and the server has written nothing after it, `read_end` equals every byte the
+/// server wrote on TCP (handshake, tickets, 101 response, records).
+#[test]
+fn userspace_read_end_counts_ciphertext_socket_bytes() {
+    const N: u64 = 500;
+    for versions in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let ca = TestCa::new().expect("CA");
+        let server_cfg = ca
+            .server_cert(&NAMES, Validity::Current)
+            .expect("cert")
+            .server_config(&[versions], None)
+            .expect("cfg");
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("wss://{}/feed", l.local_addr().expect("addr"));
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let w = written.clone();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let srv = std::thread::spawn(move || -> u64 {
+            let (tcp, _) = l.accept().expect("accept");
+            tcp.set_nodelay(true).expect("nodelay");
+            tcp.set_read_timeout(Some(Duration::from_secs(20)))
+                .expect("timeout");
+            let conn = rustls::ServerConnection::new(server_cfg).expect("conn");
+            let mut s = rustls::StreamOwned::new(conn, Counting { tcp, written: w });
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut b).expect("request");
+                head.push(b[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            let key = head
+                .lines()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case("sec-websocket-key")
+                        .then(|| v.trim().to_string())
+                })
+                .expect("key");
+            let resp = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                ws_engine::handshake::accept_key(&key)
+            );
+            s.write_all(resp.as_bytes()).expect("101");
+            for i in 0..N {
+                let mut data = vec![0u8; 300];
+                data[..8].copy_from_slice(&i.to_le_bytes());
+                s.write_all(&ws_engine::server::frame(
+                    ws_engine::frame::OpCode::Binary,
+                    &data,
+                ))
+                .expect("frame");
+            }
+            s.flush().expect("flush");
+            let total = s.sock.written.load(std::sync::atomic::Ordering::SeqCst);
+            // Hold everything else back until the client has seen the last message.
+            let _ = rx.recv();
+            s.write_all(&ws_engine::server::frame(
+                ws_engine::frame::OpCode::Close,
+                &1000u16.to_be_bytes(),
+            ))
+            .expect("close");
+            s.flush().expect("flush");
+            let mut tmp = [0u8; 256];
+            let _ = s.read(&mut tmp);
+            total
+        });
+        struct Last(Feedcheck, Option<std::sync::mpsc::Sender<()>>);
+        impl Handler for Last {
+            fn on_message(&mut self, conn: &mut ConnCtx<'_>, msg: Message<'_>) {
+                self.0.on_message(conn, msg);
+                if self.0.n == N
+                    && let Some(tx) = self.1.take()
+                {
+                    // The server writes nothing more until this.
+                    let _ = tx.send(());
+                }
+            }
+            fn on_error(&mut self, id: ConnId, err: &ConnError) {
+                self.0.on_error(id, err);
+            }
+        }
+        let cfg = client_cfg(&ca, "offsets", false);
+        let mut el = EventLoop::new(LoopConfig::default()).expect("loop");
+        el.connect(&url, &cfg).expect("connect");
+        let mut h = Last(
+            Feedcheck {
+                size: 300,
+                ..Default::default()
+            },
+            Some(tx),
+        );
+        run_until_done(&mut el, &mut h);
+        let total = srv.join().expect("server");
+        assert_eq!(h.0.n, N);
+        assert!(h.0.bad.is_empty());
+        let last = h.0.probes.last().expect("probes");
+        assert_eq!(last.tls_path, TlsPath::Userspace as u8);
+        assert_eq!(last.read_end, total, "{versions:?}");
+        assert_eq!(last.stream_end, last.read_end);
+        check_probes(&h.0.probes, TlsPath::Userspace);
+    }
+}
+
 /// kTLS: runs only where the kernel has the `tls` ULP.
 #[test]
 fn ktls_path_streams_a_feed() {
