@@ -97,24 +97,37 @@ struct Spinner {
 impl Spinner {
     fn start(policy: i32, priority: i32, rest: Duration) -> Spinner {
         let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = {
             let stop = stop.clone();
             std::thread::spawn(move || {
                 let mut set = nix::sched::CpuSet::new();
-                set.set(1).expect("cpu 1");
-                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-                    .expect("pin spinner");
+                let pinned = set
+                    .set(1)
+                    .and_then(|()| {
+                        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+                    })
+                    .map_err(|e| format!("pinning to cpu 1: {e}"));
                 let param = libc::sched_param {
                     sched_priority: priority,
                 };
-                // SAFETY: plain syscall on the calling thread (pid 0) with a valid parameter.
-                let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
-                assert_eq!(
-                    rc,
-                    0,
-                    "sched_setscheduler: {}",
-                    std::io::Error::last_os_error()
-                );
+                let scheduled = pinned.and_then(|()| {
+                    // SAFETY: plain syscall on the calling thread (pid 0), valid parameter.
+                    let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
+                    if rc == 0 {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "sched_setscheduler: {}",
+                            std::io::Error::last_os_error()
+                        ))
+                    }
+                });
+                let ok = scheduled.is_ok();
+                let _ = ready_tx.send(scheduled);
+                if !ok {
+                    return;
+                }
                 while !stop.load(Ordering::Relaxed) {
                     let busy = std::time::Instant::now();
                     while busy.elapsed() < Duration::from_millis(2) {
@@ -126,6 +139,10 @@ impl Spinner {
                 }
             })
         };
+        ready_rx
+            .recv()
+            .expect("spinner thread started")
+            .unwrap_or_else(|e| panic!("spinner: {e}"));
         Spinner {
             stop,
             thread: Some(thread),
@@ -173,14 +190,17 @@ fn a_cpu_hog_on_the_clients_cpu_shows_in_the_run_queue_stage() {
     // idle vCPU costs tens of µs of its own — a different effect.
     let quiet = {
         let _keep_awake = Spinner::start(libc::SCHED_IDLE, 0, Duration::ZERO);
-        traced_run(300, gap, &["--cpu", "1"])
+        traced_run(300, gap, &["--cpu", "1", "--fifo", "5"])
     };
-    // The hog: a real-time thread busy for 2 ms out of every 3 ms on the client's CPU. A
-    // fair-class hog would not do: the scheduler lets a woken task preempt it at once.
+    // The hog: a real-time thread busy for 2 ms out of every 3 ms on the client's CPU. The
+    // client is a lower-priority real-time task, so it must wait for the hog's busy periods:
+    // a fair-class client would not (the scheduler lets a woken fair task preempt a fair
+    // hog at once, and since 6.12 its deadline server lends fair tasks time even against
+    // real-time ones).
     let hogged = {
         let _keep_awake = Spinner::start(libc::SCHED_IDLE, 0, Duration::ZERO);
         let _hog = Spinner::start(libc::SCHED_FIFO, 10, Duration::from_millis(1));
-        traced_run(300, gap, &["--cpu", "1"])
+        traced_run(300, gap, &["--cpu", "1", "--fifo", "5"])
     };
     // The hog delays the wakeups that land in its busy periods: the run-queue tail.
     let run_queue = |t: &StageTable| p90(t, Stamp::OnCpu);

@@ -1,7 +1,8 @@
 //! `feed_client <url> [--spin-us N] [--cpu C]`: connects with ws-engine, counts the
 //! messages it receives until the server closes, then prints `received N cookie C` and
 //! exits 0 (1 on any error). `--spin-us` makes every callback busy-wait that long (a known
-//! callback cost); `--cpu` pins the client to one CPU.
+//! callback cost); `--cpu` pins the client to one CPU; `--fifo P` makes it a real-time
+//! (SCHED_FIFO) task of priority P.
 use std::process::ExitCode;
 
 use ws_engine::{
@@ -44,7 +45,7 @@ impl Handler for Count {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(url) = args.first().cloned() else {
-        eprintln!("usage: feed_client <url> [--spin-us N] [--cpu C]");
+        eprintln!("usage: feed_client <url> [--spin-us N] [--cpu C] [--fifo P]");
         return ExitCode::from(2);
     };
     let option = |name: &str| -> Option<u64> {
@@ -57,6 +58,19 @@ fn main() -> ExitCode {
             || nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).is_err()
         {
             eprintln!("feed_client: cannot pin to cpu {cpu}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Some(priority) = option("--fifo") {
+        let param = libc::sched_param {
+            sched_priority: priority as i32,
+        };
+        // SAFETY: plain syscall on this (single-threaded) process with a valid parameter.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+            eprintln!(
+                "feed_client: SCHED_FIFO {priority}: {}",
+                std::io::Error::last_os_error()
+            );
             return ExitCode::FAILURE;
         }
     }
