@@ -459,11 +459,14 @@ fn write_export(
 fn env_logger_init() {
     struct Stderr;
     impl log::Log for Stderr {
-        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-            true
+        fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+            // The probes' records; not aya's own loader diagnostics.
+            !m.target().starts_with("aya")
         }
         fn log(&self, r: &log::Record<'_>) {
-            eprintln!("[probe {}] {}", r.level(), r.args());
+            if self.enabled(r.metadata()) {
+                eprintln!("[probe {}] {}", r.level(), r.args());
+            }
         }
         fn flush(&self) {}
     }
