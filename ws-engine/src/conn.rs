@@ -32,7 +32,8 @@ pub struct ConnConfig {
     pub handshake: HandshakeOptions,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
-    /// Timeout of the whole opening handshake.
+    /// Timeout of the whole opening handshake (for `wss://`, the TLS handshake and the
+    /// HTTP upgrade each get this long).
     pub handshake_timeout: Duration,
     /// Fail the connection when nothing arrives for this long (`None`: never).
     pub idle_timeout: Option<Duration>,
