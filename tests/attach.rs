@@ -16,7 +16,6 @@ use ws_tests::require_for_test;
 use ws_trace::{
     attach::{self, AttachOptions, Plan},
     decode::Event,
-    probes::{Filter, LoadOptions},
     target::Target,
 };
 
@@ -66,17 +65,10 @@ fn every_stage_arrives_for_the_traced_engine_client() {
         Target::spawn(&[CLIENT.to_string(), server.url().to_string()]).expect("spawn client");
     let tgid = *target.tgids().expect("tgids").first().expect("one pid");
     let binary = PathBuf::from(CLIENT);
-    let mut kinds = ProbeKind::KERNEL.to_vec();
-    kinds.push(ProbeKind::ProcessFork);
     let opts = AttachOptions {
         plan: Plan {
-            load: LoadOptions {
-                filter: Filter::process(tgid),
-                ..LoadOptions::default()
-            },
-            kinds,
-            engine_binaries: vec![binary.clone()],
-            user_uprobes: vec![(binary, "feed_client_tick".into())],
+            user_uprobes: vec![(binary.clone(), "feed_client_tick".into())],
+            ..Plan::process(tgid, vec![binary])
         },
         duration: Some(Duration::from_secs(60)),
         refresh: None,

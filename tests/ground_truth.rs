@@ -40,18 +40,8 @@ fn traced_run(messages: usize, gap: Duration, client_args: &[&str]) -> StageTabl
     command.extend(client_args.iter().map(|s| s.to_string()));
     let mut target = Target::spawn(&command).expect("spawn client");
     let tgid = *target.tgids().expect("tgids").first().expect("pid");
-    let mut kinds = ProbeKind::KERNEL.to_vec();
-    kinds.push(ProbeKind::ProcessFork);
     let opts = AttachOptions {
-        plan: Plan {
-            load: LoadOptions {
-                filter: Filter::process(tgid),
-                ..LoadOptions::default()
-            },
-            kinds,
-            engine_binaries: vec![CLIENT.into()],
-            user_uprobes: Vec::new(),
-        },
+        plan: Plan::process(tgid, vec![CLIENT.into()]),
         duration: Some(Duration::from_secs(120)),
         refresh: None,
     };

@@ -18,15 +18,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ws_abi::ProbeKind;
 use ws_engine::{
     ConnConfig, ConnCtx, EventLoop, Handler, LoopConfig, Message,
     server::{Feed, FeedServer},
 };
-use ws_trace::{
-    attach::{Plan, Session},
-    probes::{Filter, LoadOptions},
-};
+use ws_trace::attach::{Plan, Session};
 
 struct Count(u64);
 
@@ -114,22 +110,13 @@ fn main() -> Result<(), String> {
                 continue;
             }
             let uprobes = mode == 2;
-            let mut kinds = ProbeKind::KERNEL.to_vec();
-            kinds.push(ProbeKind::ProcessFork);
-            let mut session = Session::start(&Plan {
-                load: LoadOptions {
-                    filter: Filter::process(std::process::id()),
-                    ..LoadOptions::default()
-                },
-                kinds,
-                engine_binaries: if uprobes {
-                    vec![exe.clone()]
-                } else {
-                    Vec::new()
-                },
-                user_uprobes: Vec::new(),
-            })
-            .map_err(|e| e.to_string())?;
+            let binaries = if uprobes {
+                vec![exe.clone()]
+            } else {
+                Vec::new()
+            };
+            let mut session = Session::start(&Plan::process(std::process::id(), binaries))
+                .map_err(|e| e.to_string())?;
             let done = Arc::new(AtomicBool::new(false));
             let client = {
                 let done = done.clone();

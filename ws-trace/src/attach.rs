@@ -44,6 +44,24 @@ pub struct Plan {
     pub user_uprobes: Vec<(PathBuf, String)>,
 }
 
+impl Plan {
+    /// Every kernel probe, filtered to process `tgid` (its threads, the sockets it reads,
+    /// the children it forks), with the callback uprobes on `engine_binaries`.
+    pub fn process(tgid: u32, engine_binaries: Vec<PathBuf>) -> Plan {
+        let mut kinds = ProbeKind::KERNEL.to_vec();
+        kinds.push(ProbeKind::ProcessFork);
+        Plan {
+            load: LoadOptions {
+                filter: crate::probes::Filter::process(tgid),
+                ..LoadOptions::default()
+            },
+            kinds,
+            engine_binaries,
+            user_uprobes: Vec::new(),
+        }
+    }
+}
+
 /// What to run.
 #[derive(Clone, Debug, Default)]
 pub struct AttachOptions {

@@ -15,7 +15,6 @@ use std::{
     time::Duration,
 };
 
-use ws_abi::ProbeKind;
 use ws_engine::{
     server::{Feed, Payload, Sent, serve, serve_tls},
     testca::TestCa,
@@ -25,7 +24,6 @@ use crate::{
     attach::{self, AttachError, AttachOptions, Plan, Summary},
     correlate::correlate,
     export::{ExportInput, Format, export},
-    probes::{Filter, LoadOptions},
     record::Recorder,
     report::{self, Report},
     target::{Target, TargetError},
@@ -205,22 +203,8 @@ pub fn run(
     client_args.push(url.clone());
     let mut target = Target::spawn(&client_args)?;
     let tgids = target.tgids()?;
-    let mut kinds = ProbeKind::KERNEL.to_vec();
-    kinds.push(ProbeKind::ProcessFork);
-    let plan = Plan {
-        load: LoadOptions {
-            filter: Filter {
-                tgids: tgids.clone(),
-                learn_ports: true,
-                follow_forks: true,
-                ..Filter::default()
-            },
-            ..LoadOptions::default()
-        },
-        kinds,
-        engine_binaries: vec![client_exe.to_path_buf()],
-        user_uprobes: Vec::new(),
-    };
+    let tgid = tgids.first().copied().unwrap_or(0);
+    let plan = Plan::process(tgid, vec![client_exe.to_path_buf()]);
     let trace = opts.out.join("trace.wstrace");
     let mut recorder = Recorder::create(
         &trace,
