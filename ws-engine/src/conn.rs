@@ -689,6 +689,12 @@ impl Conn {
 
     /// Checks the idle and close timers; `Done` if the connection ended.
     pub fn check_timers(&mut self, now_ns: u64) -> Status {
+        // A close sent from inside a callback (`ConnCtx::close`) starts the close handshake
+        // and its timer here, as `close` does for closes from outside.
+        if self.out.close_sent && self.state == State::Open {
+            self.state = State::Closing;
+            self.close_deadline_ns = Some(now_ns + self.close_timeout.as_nanos() as u64);
+        }
         if let Some(d) = self.close_deadline_ns
             && now_ns >= d
         {
@@ -708,7 +714,9 @@ impl Conn {
 
     /// Whether the connection has a timer to watch.
     pub fn has_timer(&self) -> bool {
-        self.close_deadline_ns.is_some() || self.idle_ns.is_some()
+        self.close_deadline_ns.is_some()
+            || self.idle_ns.is_some()
+            || (self.out.close_sent && self.state == State::Open)
     }
 
     /// The outcome to report once the connection is done.

@@ -21,8 +21,8 @@ pub enum HandshakeError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// The scheme is not ws:// (wss:// arrives with the TLS transport).
-    #[error("unsupported URL scheme {0:?} (ws:// only; wss:// needs the TLS transport)")]
+    /// The scheme is neither ws:// nor wss://.
+    #[error("unsupported URL scheme {0:?} (use ws:// or wss://)")]
     UnsupportedScheme(String),
     /// The server answered with something other than an HTTP/1.1 response.
     #[error("malformed HTTP response: {0}")]

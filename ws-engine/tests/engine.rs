@@ -12,7 +12,10 @@ use common::*;
 use ws_engine::decoder::OwnedEvent;
 use ws_engine::frame::OpCode;
 use ws_engine::handshake::HandshakeOptions;
-use ws_engine::{ConnConfig, EventLoop, LoopConfig, MsgKind, TlsPath};
+use ws_engine::{
+    ConnConfig, ConnCtx, ConnError, ConnId, EventLoop, Handler, LoopConfig, Message, MsgKind,
+    TlsPath,
+};
 
 /// Echoes every client message back until the client closes.
 fn echo_server(mut s: TcpStream) {
@@ -274,6 +277,37 @@ fn unanswered_close_times_out() {
     run_until_done(&mut el, &mut h);
     srv.join().unwrap();
     assert_eq!(h.errors[0].0, "CloseTimeout", "{:?}", h.errors);
+}
+
+#[test]
+fn unanswered_close_from_a_callback_times_out() {
+    struct CloseOnFirst(Collect);
+    impl Handler for CloseOnFirst {
+        fn on_message(&mut self, conn: &mut ConnCtx<'_>, _msg: Message<'_>) {
+            conn.close(1000, "done").unwrap();
+        }
+        fn on_error(&mut self, id: ConnId, err: &ConnError) {
+            self.0.on_error(id, err);
+        }
+    }
+    let (url, srv) = serve_one(|mut s| {
+        accept(&mut s);
+        s.write_all(&frame(true, OpCode::Text, b"hello")).unwrap();
+        let mut r = ClientReader::default();
+        assert!(is_close(&r.next(&mut s), 1000));
+        // Never answer; wait for the client to give up.
+        let _ = r.next(&mut s);
+    });
+    let cfg = ConnConfig {
+        close_timeout: Duration::from_millis(200),
+        ..ConnConfig::default()
+    };
+    let mut el = EventLoop::new(LoopConfig::default()).unwrap();
+    el.connect(&url, &cfg).unwrap();
+    let mut h = CloseOnFirst(Collect::default());
+    run_until_done(&mut el, &mut h);
+    srv.join().unwrap();
+    assert_eq!(h.0.errors[0].0, "CloseTimeout", "{:?}", h.0.errors);
 }
 
 #[test]
