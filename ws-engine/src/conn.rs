@@ -474,6 +474,7 @@ impl Conn {
             },
             conn_id: id.0,
             sock_cookie: cookie,
+            clock_error_ns: u32::try_from(clock.calibration().error_ns).unwrap_or(u32::MAX),
             tls_path: transport.tls_path() as u8,
             ..Default::default()
         };

@@ -196,6 +196,8 @@ pub struct Correlation {
     /// Engine callback stamp vs. the uprobe's kernel stamp for the same moment (ns,
     /// median): the engine's TSC calibration plus the uprobe's entry cost.
     pub clock_check_ns: Option<i64>,
+    /// The largest TSC calibration error the engines reported (ns), if any did.
+    pub engine_clock_error_ns: Option<u32>,
 }
 
 /// Events of one kind on one key, sorted by time.
@@ -317,6 +319,9 @@ pub fn correlate(events: &[Event]) -> Correlation {
         let entry = c.hdr.ts_ns;
         if p.stamps.callback_ns != 0 {
             clock_diffs.push(entry as i64 - p.stamps.callback_ns as i64);
+        }
+        if p.clock_error_ns != 0 {
+            out.engine_clock_error_ns = out.engine_clock_error_ns.max(Some(p.clock_error_ns));
         }
         let Some((exit_ts, ())) = exits
             .get(&tid)

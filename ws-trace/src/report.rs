@@ -209,6 +209,8 @@ pub struct CorrelationSummary {
     /// Median (uprobe kernel stamp − engine callback stamp), ns: how the engine's TSC
     /// clock and the kernel's agree, plus the uprobe's entry cost.
     pub clock_check_ns: Option<i64>,
+    /// The engine's own measure of its TSC → CLOCK_MONOTONIC calibration error, ns.
+    pub engine_clock_error_ns: Option<u32>,
 }
 
 impl Report {
@@ -245,6 +247,7 @@ impl Report {
                 joined: c.rows.len() as u64,
                 unjoined: c.unjoined.clone(),
                 clock_check_ns: c.clock_check_ns,
+                engine_clock_error_ns: c.engine_clock_error_ns,
             },
             tls_paths,
             overall: StageTable::of(&c.rows),
@@ -306,6 +309,12 @@ impl fmt::Display for Report {
                 tls.join(", ")
             }
         )?;
+        if let Some(ns) = c.engine_clock_error_ns {
+            writeln!(
+                f,
+                "engine clock: TSC → CLOCK_MONOTONIC, calibration error ±{ns} ns"
+            )?;
+        }
         if let Some(ns) = c.clock_check_ns {
             writeln!(
                 f,

@@ -450,6 +450,14 @@ fn demo_traces_a_session_across_a_veth_pair() {
         .and_then(|n| n.trim().parse::<u64>().ok());
     assert_eq!(userspace, Some(seen), "{stdout}");
     assert!(stdout.contains("recv_start → decrypt"), "{stdout}");
+    // With an invariant TSC the engine stamps with it and reports its calibration error.
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if cpuinfo.contains(" constant_tsc") && cpuinfo.contains(" nonstop_tsc") {
+        assert!(
+            stdout.contains("engine clock: TSC → CLOCK_MONOTONIC, calibration error ±"),
+            "{stdout}"
+        );
+    }
     for file in [
         "trace.wstrace",
         "trace.pftrace",

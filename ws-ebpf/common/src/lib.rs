@@ -10,7 +10,7 @@
 #![deny(missing_docs)]
 
 /// Version of the record layouts below. Bump it when any layout changes.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Name of the engine's probe function (an `extern "C"` symbol, never inlined).
 ///
@@ -535,7 +535,10 @@ pub struct MsgProbe {
     /// A [`TlsPath`] as `u8`.
     pub tls_path: u8,
     /// Reserved, zero.
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// Measured error of the engine's TSC → CLOCK_MONOTONIC calibration, ns (0 when the
+    /// engine stamps with `clock_gettime` directly).
+    pub clock_error_ns: u32,
     /// Stage stamps.
     pub stamps: MsgStamps,
 }
