@@ -276,7 +276,7 @@ fn the_nic_stamp_agrees_with_so_timestamping() {
     // A plain TCP reader with software receive stamps: each recvmsg reports the stamp of
     // the last packet it copied, taken by the kernel when the packet was received.
     let addr = server.addr();
-    let reader = std::thread::spawn(move || -> (u32, Vec<(usize, i64)>) {
+    let reader = std::thread::spawn(move || -> (u32, Vec<(usize, i64, i64)>) {
         let mut s = std::net::TcpStream::connect(addr).expect("connect");
         setsockopt(
             &s,
@@ -317,7 +317,9 @@ fn the_nic_stamp_agrees_with_so_timestamping() {
                     _ => None,
                 })
                 .unwrap_or(0);
-            reads.push((n, stamp));
+            // REALTIME may be slewed (NTP, the hypervisor): convert each stamp with the
+            // offset of its own moment, not one taken at the end.
+            reads.push((n, stamp, realtime_minus_monotonic()));
             // The feed ends with a close frame (1000).
             if buf[..n].ends_with(&[0x88, 0x02, 0x03, 0xe8]) {
                 break;
@@ -336,7 +338,6 @@ fn the_nic_stamp_agrees_with_so_timestamping() {
     session
         .pump(Duration::from_millis(100), |_, e| events.push(*e))
         .expect("ring");
-    let offset = realtime_minus_monotonic();
 
     // The reader's reads as the kernel saw them, in order, with copied_seq after each.
     let recv: Vec<_> = events
@@ -348,7 +349,7 @@ fn the_nic_stamp_agrees_with_so_timestamping() {
         .collect();
     assert_eq!(recv.len(), reads.len(), "reads seen by the probe vs made");
     let mut diffs = Vec::new();
-    for ((n, stamp_rt), r) in reads.iter().zip(&recv) {
+    for ((n, stamp_rt, offset), r) in reads.iter().zip(&recv) {
         assert_eq!(*n as i64, r.ret);
         if *stamp_rt == 0 {
             continue;
@@ -404,8 +405,9 @@ fn the_nic_stamp_agrees_with_so_timestamping() {
         diffs.len()
     );
     // The median proves packet identity and clock alignment. The issue asks for p99 <= 5 µs;
-    // on the project's loaded 2-vCPU VM 0-23% of reads are 7-33 µs off (load-dependent,
-    // not yet explained), so the tail is printed, not asserted.
+    // here 0-15% of reads (load-dependent) carry a kernel stamp 6-60 µs *later* than both
+    // of ws-trace's stamps of that packet (not yet explained: a later re-stamp on the
+    // socket-backlog path is suspected), so the tail is printed, not asserted.
     assert!(
         p50 <= 2_000,
         "nic stamp vs SO_TIMESTAMPING: p50 {p50} ns, p99 {p99} ns over {} reads",
