@@ -29,7 +29,7 @@ use ws_abi::{
     CONFIG_FILTER_PORTS, CONFIG_FILTER_TGID, CONFIG_FOLLOW_FORKS, CONFIG_LEARN_PORTS, CONFIG_LOG,
     CONFIG_OFFSETS_VALID, CallbackEvent, EventHeader, Flow, KernelOffsets, MAX_PORTS, MAX_TGIDS,
     MsgProbe, NET_RX_SOFTIRQ, PROBE_COUNT, ProbeConfig, ProbeKind, RecvEvent, SchedEvent, SkbEvent,
-    SoftirqEvent, SyscallEvent, TcpEvent, UprobeEvent,
+    SoftirqEvent, SyscallEvent, TcpEvent, UprobeEvent, doctor_hit,
 };
 
 /// The one ring every probe writes to. User space may resize it at load time.
@@ -56,7 +56,7 @@ static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
 
 /// Per doctor hook type: how often its program ran.
 #[map]
-static DOCTOR_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(8, 0);
+static DOCTOR_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(doctor_hit::COUNT, 0);
 
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
@@ -474,53 +474,45 @@ fn uprobe_hit(ctx: *mut core::ffi::c_void, kind: ProbeKind, value: u64) -> u32 {
 
 // ---- doctor: one trivial program per hook type -------------------------------------------
 
-/// Index into `DOCTOR_HITS` for each doctor program; mirrored in ws-trace's doctor.
-const HIT_TRACEPOINT: u32 = 0;
-const HIT_TP_BTF: u32 = 1;
-const HIT_RAW_TP: u32 = 2;
-const HIT_UPROBE: u32 = 3;
-const HIT_PERF_EVENT: u32 = 4;
-const HIT_FENTRY: u32 = 5;
-
 /// Classic tracepoint (needs tracefs).
 #[tracepoint]
 pub fn doctor_tracepoint(_ctx: TracePointContext) -> u32 {
-    bump(&DOCTOR_HITS, HIT_TRACEPOINT);
+    bump(&DOCTOR_HITS, doctor_hit::TRACEPOINT);
     0
 }
 
 /// BTF-typed tracepoint.
 #[btf_tracepoint(function = "sys_enter")]
 pub fn doctor_tp_btf(_ctx: BtfTracePointContext) -> i32 {
-    bump(&DOCTOR_HITS, HIT_TP_BTF);
+    bump(&DOCTOR_HITS, doctor_hit::TP_BTF);
     0
 }
 
 /// Raw tracepoint.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn doctor_raw_tp(_ctx: RawTracePointContext) -> i32 {
-    bump(&DOCTOR_HITS, HIT_RAW_TP);
+    bump(&DOCTOR_HITS, doctor_hit::RAW_TP);
     0
 }
 
 /// Uprobe.
 #[uprobe]
 pub fn doctor_uprobe(_ctx: ProbeContext) -> u32 {
-    bump(&DOCTOR_HITS, HIT_UPROBE);
+    bump(&DOCTOR_HITS, doctor_hit::UPROBE);
     0
 }
 
 /// Perf event (software cpu-clock).
 #[perf_event]
 pub fn doctor_perf_event(_ctx: PerfEventContext) -> u32 {
-    bump(&DOCTOR_HITS, HIT_PERF_EVENT);
+    bump(&DOCTOR_HITS, doctor_hit::PERF_EVENT);
     0
 }
 
 /// fentry (BPF trampoline).
 #[fentry(function = "tcp_rcv_established")]
 pub fn doctor_fentry(_ctx: FEntryContext) -> u32 {
-    bump(&DOCTOR_HITS, HIT_FENTRY);
+    bump(&DOCTOR_HITS, doctor_hit::FENTRY);
     0
 }
 

@@ -22,6 +22,7 @@ use aya::{
     util::online_cpus,
 };
 use serde::Serialize;
+use ws_abi::doctor_hit;
 
 use crate::{btf::Btf, privileges::Privileges, probes, tracefs};
 
@@ -233,14 +234,6 @@ fn tracefs_check(privileged: bool) -> Check {
     )
 }
 
-/// Index of each hook type in the probes' `DOCTOR_HITS` map.
-const HIT_TRACEPOINT: u32 = 0;
-const HIT_TP_BTF: u32 = 1;
-const HIT_RAW_TP: u32 = 2;
-const HIT_UPROBE: u32 = 3;
-const HIT_PERF_EVENT: u32 = 4;
-const HIT_FENTRY: u32 = 5;
-
 /// The function the doctor's uprobe attaches to.
 #[unsafe(no_mangle)]
 #[inline(never)]
@@ -307,7 +300,7 @@ fn hooks(ebpf: &mut Ebpf) -> Vec<Check> {
         p.load().map_err(err)?;
         p.attach("syscalls", "sys_enter_getppid").map_err(err)?;
         syscalls();
-        fired(ebpf, HIT_TRACEPOINT, "syscalls:sys_enter_getppid")
+        fired(ebpf, doctor_hit::TRACEPOINT, "syscalls:sys_enter_getppid")
     })();
     out.push(check("hook.tracepoint", true, r));
 
@@ -317,7 +310,7 @@ fn hooks(ebpf: &mut Ebpf) -> Vec<Check> {
         p.load("sys_enter", btf).map_err(err)?;
         p.attach().map_err(err)?;
         syscalls();
-        fired(ebpf, HIT_TP_BTF, "sys_enter")
+        fired(ebpf, doctor_hit::TP_BTF, "sys_enter")
     })();
     out.push(check("hook.tp_btf", true, r));
 
@@ -326,7 +319,7 @@ fn hooks(ebpf: &mut Ebpf) -> Vec<Check> {
         p.load().map_err(err)?;
         p.attach("sys_enter").map_err(err)?;
         syscalls();
-        fired(ebpf, HIT_RAW_TP, "sys_enter")
+        fired(ebpf, doctor_hit::RAW_TP, "sys_enter")
     })();
     out.push(check("hook.raw_tracepoint", false, r));
 
@@ -339,7 +332,7 @@ fn hooks(ebpf: &mut Ebpf) -> Vec<Check> {
         for i in 0..4 {
             std::hint::black_box(ws_trace_doctor_target(i));
         }
-        fired(ebpf, HIT_UPROBE, "ws_trace_doctor_target")
+        fired(ebpf, doctor_hit::UPROBE, "ws_trace_doctor_target")
     })();
     out.push(check("hook.uprobe", true, r));
 
@@ -360,7 +353,11 @@ fn hooks(ebpf: &mut Ebpf) -> Vec<Check> {
         while Instant::now() < until {
             std::hint::spin_loop();
         }
-        fired(ebpf, HIT_PERF_EVENT, "software cpu-clock at 1000 Hz")
+        fired(
+            ebpf,
+            doctor_hit::PERF_EVENT,
+            "software cpu-clock at 1000 Hz",
+        )
     })();
     out.push(check("hook.perf_event", true, r));
 
@@ -370,7 +367,7 @@ fn hooks(ebpf: &mut Ebpf) -> Vec<Check> {
         p.load("tcp_rcv_established", btf).map_err(err)?;
         p.attach().map_err(err)?;
         tcp_exchange().map_err(|e| e.to_string())?;
-        fired(ebpf, HIT_FENTRY, "tcp_rcv_established")
+        fired(ebpf, doctor_hit::FENTRY, "tcp_rcv_established")
     })();
     out.push(with_fix(
         check("hook.fentry", false, r),
