@@ -252,13 +252,27 @@ fn the_nic_stamp_agrees_with_so_timestamping() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let server = FeedServer::start(Feed {
-        count: 400,
-        size: 200,
-        gap: Duration::from_micros(300),
-        payload: Payload::Indexed,
+    // The server sits in a network namespace behind a veth pair, as a remote peer would
+    // behind a NIC. (On loopback the kernel re-stamps TCP packets that carry the sender's
+    // departure time when it delivers them locally — for packets that wait in the socket
+    // backlog that is long after they arrived — so loopback stamps measure something else.)
+    let ns = ws_trace::demo::netns::Netns::create().expect("network namespace with a veth pair");
+    let enter = ns.enter_handle();
+    let server = std::thread::spawn(move || {
+        enter()?;
+        FeedServer::start_on(
+            &format!("{}:0", ws_trace::demo::netns::PEER_ADDR),
+            Feed {
+                count: 400,
+                size: 200,
+                gap: Duration::from_micros(300),
+                payload: Payload::Indexed,
+            },
+        )
     })
-    .expect("feed server");
+    .join()
+    .expect("server thread")
+    .expect("feed server in the namespace");
     let mut session = Session::start(&Plan {
         load: LoadOptions {
             filter: Filter::process(std::process::id()),
@@ -335,6 +349,7 @@ fn the_nic_stamp_agrees_with_so_timestamping() {
     }
     let (tid, reads) = reader.join().expect("reader");
     let _ = server.join();
+    drop(ns);
     session
         .pump(Duration::from_millis(100), |_, e| events.push(*e))
         .expect("ring");
@@ -354,25 +369,18 @@ fn the_nic_stamp_agrees_with_so_timestamping() {
         if *stamp_rt == 0 {
             continue;
         }
-        // The last packet copied ends where the read left copied_seq.
-        let Some(seg) = events.iter().rev().find_map(|e| match e {
-            Event::Tcp(t)
-                if t.cookie == r.cookie
-                    && t.end_seq == r.copied_seq
-                    && t.hdr.ts_ns <= r.hdr.ts_ns =>
-            {
-                Some(*t)
-            }
-            _ => None,
-        }) else {
-            continue;
-        };
-        // ws-trace's stamps of that packet entering the stack: queued by the device
-        // (netif_rx) and handed to the protocols in the softirq (netif_receive_skb).
+        // The last packet copied ends where the read left copied_seq: its NIC-stage
+        // stamps, found by the packet's own TCP sequence range (queued, then received).
         let stamps: Vec<u64> = events
             .iter()
             .filter_map(|e| match e {
-                Event::Skb(s) if s.skb == seg.skb && s.hdr.ts_ns <= seg.hdr.ts_ns => {
+                Event::Skb(s)
+                    if s.flow.dport == r.lport
+                        && s.flow.sport == r.rport
+                        && s.flow.tcp_len > 0
+                        && s.flow.tcp_seq.wrapping_add(s.flow.tcp_len) == r.copied_seq
+                        && s.hdr.ts_ns <= r.hdr.ts_ns =>
+                {
                     Some(s.hdr.ts_ns)
                 }
                 _ => None,
@@ -404,10 +412,10 @@ fn the_nic_stamp_agrees_with_so_timestamping() {
         "nic stamp vs SO_TIMESTAMPING: p50 {p50} ns, p99 {p99} ns over {} reads",
         diffs.len()
     );
-    // The median proves packet identity and clock alignment. The issue asks for p99 <= 5 µs;
-    // here 0-15% of reads (load-dependent) carry a kernel stamp 6-60 µs *later* than both
-    // of ws-trace's stamps of that packet (not yet explained: a later re-stamp on the
-    // socket-backlog path is suspected), so the tail is printed, not asserted.
+    // The issue asks for p99 <= 5 µs. Over this veth pair p99 was 0.6-0.8 µs in six
+    // runs in a row on a quiet machine, but 20-34 µs while other builds loaded both
+    // vCPUs: under load some packets' kernel stamps land tens of µs after both of
+    // ws-trace's stamps (not yet explained). The median is asserted; p99 is printed.
     assert!(
         p50 <= 2_000,
         "nic stamp vs SO_TIMESTAMPING: p50 {p50} ns, p99 {p99} ns over {} reads",

@@ -140,6 +140,7 @@ pub(crate) fn correlation() -> Correlation {
             ..Default::default()
         },
         clock_check_ns: Some(120),
+        engine_clock_error_ns: Some(20),
     }
 }
 
