@@ -143,19 +143,34 @@ fn packet_flow(off: &KernelOffsets, skb: *const u8) -> Flow {
     let Some(first) = read_kernel::<[u8; 20]>(ip, 0) else {
         return flow;
     };
-    let (l4_offset, protocol) = match first[0] >> 4 {
+    // Lengths: IPv4 total length covers the header; IPv6 payload length does not.
+    let (l4_offset, protocol, ip_end) = match first[0] >> 4 {
         4 => {
             flow.saddr = u32::from_ne_bytes([first[12], first[13], first[14], first[15]]);
             flow.daddr = u32::from_ne_bytes([first[16], first[17], first[18], first[19]]);
-            (((first[0] & 0x0f) as u32) * 4, first[9])
+            let total = u16::from_be_bytes([first[2], first[3]]) as u32;
+            (((first[0] & 0x0f) as u32) * 4, first[9], total)
         }
         // IPv6 without extension headers: the transport header follows the fixed 40 bytes.
-        6 => (40, first[6]),
+        6 => (
+            40,
+            first[6],
+            40 + u16::from_be_bytes([first[4], first[5]]) as u32,
+        ),
         _ => return flow,
     };
     flow.ip_version = first[0] >> 4;
     flow.protocol = protocol;
-    if (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP)
+    if protocol == IPPROTO_TCP {
+        // Ports, sequence number, ack, data offset: the first 13 bytes of the header.
+        if let Some(tcp) = read_kernel::<[u8; 13]>(ip, l4_offset) {
+            flow.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+            flow.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+            flow.tcp_seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+            let header = l4_offset + ((tcp[12] >> 4) as u32) * 4;
+            flow.tcp_len = ip_end.saturating_sub(header);
+        }
+    } else if protocol == IPPROTO_UDP
         && let Some(ports) = read_kernel::<[u8; 4]>(ip, l4_offset)
     {
         flow.sport = u16::from_be_bytes([ports[0], ports[1]]);

@@ -15,7 +15,7 @@
 //! already running, so there was no wakeup) is absent, not zero.
 use std::collections::HashMap;
 
-use ws_abi::{CallbackEvent, ProbeKind, RecvEvent, SchedEvent, TcpEvent, TlsPath};
+use ws_abi::{CallbackEvent, ProbeKind, RecvEvent, SchedEvent, SkbEvent, TcpEvent, TlsPath};
 
 use crate::decode::Event;
 
@@ -254,6 +254,8 @@ pub fn correlate(events: &[Event]) -> Correlation {
     let mut reads: HashMap<u64, Series<RecvEvent>> = HashMap::new();
     let mut segments: HashMap<u64, Series<TcpEvent>> = HashMap::new();
     let mut skbs: HashMap<u64, Series<ProbeKind>> = HashMap::new();
+    // Inbound packets by (local port, remote port): the NIC side of a flow.
+    let mut packets: HashMap<(u16, u16), Series<(ProbeKind, SkbEvent)>> = HashMap::new();
     let mut entries_on_cpu: HashMap<u16, Series<()>> = HashMap::new();
     let mut raises_on_cpu: HashMap<u16, Series<()>> = HashMap::new();
     let mut wakeups: HashMap<u32, Series<SchedEvent>> = HashMap::new();
@@ -295,6 +297,9 @@ pub fn correlate(events: &[Event]) -> Correlation {
         s.sort();
     }
     for s in skbs.values_mut() {
+        s.sort();
+    }
+    for s in packets.values_mut() {
         s.sort();
     }
     for m in [&mut entries_on_cpu, &mut raises_on_cpu] {
@@ -351,25 +356,54 @@ pub fn correlate(events: &[Event]) -> Correlation {
             out.unjoined.no_segment += 1;
             continue;
         };
-        let rx_cpu = seg.hdr.cpu;
-        let Some(nic_first) = skbs.get(&seg.skb).and_then(|s| {
-            // The packet's events before it reached TCP (skb addresses are reused later).
+        // The packet that carried the message's last byte, found by its own TCP sequence
+        // range: the segment TCP processed may be several packets coalesced (in the
+        // socket backlog, or by GRO), and its skb is then the first of them.
+        let by_seq = packets.get(&(seg.lport, seg.rport)).and_then(|s| {
             let upto = s.items.partition_point(|(ts, _)| *ts <= tcp_ts);
-            let chain = &s.items[..upto];
-            let last_rx = chain
-                .iter()
-                .rposition(|(_, k)| *k != ProbeKind::NetifReceiveSkb);
-            match last_rx {
-                Some(i) => Some(chain[i].0),
-                None => chain.last().map(|(ts, _)| *ts),
+            let mut receive = None;
+            let mut queued = None;
+            for (ts, (kind, p)) in s.items[..upto].iter().rev() {
+                if !covers(
+                    p.flow.tcp_seq,
+                    p.flow.tcp_seq.wrapping_add(p.flow.tcp_len),
+                    seq_end,
+                ) {
+                    continue;
+                }
+                match kind {
+                    ProbeKind::NetifReceiveSkb => receive = receive.or(Some((*ts, p.hdr.cpu))),
+                    _ => queued = queued.or(Some(*ts)),
+                }
+                if receive.is_some() && queued.is_some() {
+                    break;
+                }
             }
-        }) else {
+            receive.map(|(ts, cpu)| (queued.unwrap_or(ts).min(ts), ts, cpu))
+        });
+        // Without per-packet sequence numbers, fall back to the segment's own skb.
+        let by_skb = || {
+            skbs.get(&seg.skb).and_then(|s| {
+                // The packet's events before it reached TCP (skb addresses are reused).
+                let upto = s.items.partition_point(|(ts, _)| *ts <= tcp_ts);
+                let chain = &s.items[..upto];
+                let last_rx = chain
+                    .iter()
+                    .rposition(|(_, k)| *k != ProbeKind::NetifReceiveSkb);
+                let first = match last_rx {
+                    Some(i) => chain[i].0,
+                    None => chain.last()?.0,
+                };
+                Some((first, tcp_ts, seg.hdr.cpu))
+            })
+        };
+        let Some((nic_first, received, rx_cpu)) = by_seq.or_else(by_skb) else {
             out.unjoined.no_nic += 1;
             continue;
         };
         let Some((softirq, ())) = entries_on_cpu
             .get(&rx_cpu)
-            .and_then(|s| s.last_before(tcp_ts))
+            .and_then(|s| s.last_before(received))
         else {
             out.unjoined.no_softirq += 1;
             continue;

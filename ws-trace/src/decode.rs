@@ -197,7 +197,7 @@ mod tests {
         assert_eq!(decode(&raw), Ok(Event::Skb(e)));
         assert_eq!(
             decode(&raw[..30]),
-            Err(DecodeError::Short { got: 30, need: 56 })
+            Err(DecodeError::Short { got: 30, need: 64 })
         );
         let mut bad = raw.clone();
         bad[8] = 0xff;

@@ -10,7 +10,7 @@
 #![deny(missing_docs)]
 
 /// Version of the record layouts below. Bump it when any layout changes.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Name of the engine's probe function (an `extern "C"` symbol, never inlined).
 ///
@@ -249,6 +249,10 @@ pub struct Flow {
     pub ip_version: u8,
     /// Reserved, zero.
     pub _pad: u16,
+    /// TCP: the segment's sequence number (host order), 0 otherwise.
+    pub tcp_seq: u32,
+    /// TCP: payload bytes in the segment (IP length minus IP and TCP headers), 0 otherwise.
+    pub tcp_len: u32,
 }
 
 /// A packet event: `netif_receive_skb`, `netif_rx`, `napi_gro_receive_entry`.
@@ -599,8 +603,8 @@ mod tests {
     #[test]
     fn layouts_are_padding_free() {
         assert_eq!(size_of::<EventHeader>(), 24);
-        assert_eq!(size_of::<Flow>(), 16);
-        assert_eq!(size_of::<SkbEvent>(), 56);
+        assert_eq!(size_of::<Flow>(), 24);
+        assert_eq!(size_of::<SkbEvent>(), 64);
         assert_eq!(size_of::<SoftirqEvent>(), 32);
         assert_eq!(size_of::<TcpEvent>(), 72);
         assert_eq!(size_of::<SchedEvent>(), 48);
