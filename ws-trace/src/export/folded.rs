@@ -60,14 +60,7 @@ mod tests {
     #[test]
     fn weights_sum_to_stage_durations() {
         let c = testdata::correlation();
-        let input = ExportInput {
-            correlation: &c,
-            events: &[],
-            header: None,
-        };
-        let mut out = Vec::new();
-        write(&input, &mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let text = testdata::render(write);
         let mut sum = 0u64;
         for line in text.lines() {
             let (stack, weight) = line.rsplit_once(' ').unwrap();

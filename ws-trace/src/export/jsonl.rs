@@ -115,14 +115,7 @@ mod tests {
     #[test]
     fn lines_parse_and_match_rows() {
         let c = testdata::correlation();
-        let input = ExportInput {
-            correlation: &c,
-            events: &[],
-            header: None,
-        };
-        let mut out = Vec::new();
-        write(&input, &mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let text = testdata::render(write);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), c.rows.len());
         for (line, row) in lines.iter().zip(&c.rows) {

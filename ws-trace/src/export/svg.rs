@@ -69,15 +69,7 @@ mod tests {
 
     #[test]
     fn svg_is_well_formed_and_names_the_stages() {
-        let c = testdata::correlation();
-        let input = ExportInput {
-            correlation: &c,
-            events: &[],
-            header: None,
-        };
-        let mut out = Vec::new();
-        write(&input, &mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let text = testdata::render(write);
 
         let mut reader = Reader::from_str(&text);
         let mut depth = 0i64;

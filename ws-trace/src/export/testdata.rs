@@ -12,6 +12,7 @@ use crate::correlate::{Correlation, MessageRow, STAMP_COUNT, Stamp};
 use crate::decode::Event;
 
 use super::timeline::row_stages;
+use super::{ExportError, ExportInput};
 
 /// 1000 s of CLOCK_MONOTONIC: large enough that µs floats would lose ns.
 pub(crate) const T0: u64 = 1_000_000_000_123;
@@ -172,4 +173,20 @@ pub(crate) fn events() -> Vec<Event> {
         })
     };
     vec![ev(43, 40), ev(42, 42), ev(7, 7)]
+}
+
+/// An exporter's `write`, as every format module has one.
+pub(crate) type WriteFn = fn(&ExportInput<'_>, &mut dyn std::io::Write) -> Result<(), ExportError>;
+
+/// Runs `write` on [`correlation`] (no events, no header) and returns its output as text.
+pub(crate) fn render(write: WriteFn) -> String {
+    let c = correlation();
+    let input = ExportInput {
+        correlation: &c,
+        events: &[],
+        header: None,
+    };
+    let mut out = Vec::new();
+    write(&input, &mut out).expect("export writes");
+    String::from_utf8(out).expect("text export is UTF-8")
 }
