@@ -58,6 +58,8 @@ static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
 #[map]
 static DOCTOR_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(doctor_hit::COUNT, 0);
 
+mod profile;
+
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 

@@ -14,6 +14,7 @@ pub mod doctor;
 pub mod export;
 pub mod privileges;
 pub mod probes;
+pub mod profile;
 pub mod record;
 pub mod report;
 pub mod ring;

@@ -98,6 +98,29 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         slowest: usize,
     },
+    /// Sample where a process spends its CPU (perf-event stacks counted in the kernel), and
+    /// with --off-cpu where it waits; write a flamegraph (.svg), folded stacks (.folded) or
+    /// pprof (.pb.gz).
+    Profile(ProfileArgs),
+    /// Compare two profiles (differential flamegraph, -o OUT.svg) or two recorded traces
+    /// (.wstrace: stage tables side by side with deltas and a verdict per stage).
+    Diff {
+        /// The baseline: a profile (.folded or .pb.gz) or a trace (.wstrace).
+        base: PathBuf,
+        /// The new run, same kind as BASE.
+        new: PathBuf,
+        /// Where the differential flamegraph goes (profiles only).
+        #[arg(
+            short = 'o',
+            long = "output",
+            value_name = "OUT.svg",
+            default_value = "diff.svg"
+        )]
+        output: PathBuf,
+        /// Print the trace comparison as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -267,6 +290,13 @@ fn run() -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Profile(args) => profile_command(args),
+        Command::Diff {
+            base,
+            new,
+            output,
+            json,
+        } => diff_command(&base, &new, &output, json),
     }
 }
 
@@ -474,4 +504,228 @@ fn env_logger_init() {
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(log::LevelFilter::Debug);
     }
+}
+
+#[derive(clap::Args)]
+struct ProfileArgs {
+    /// Profile this process (all its threads).
+    #[arg(long, conflicts_with_all = ["comm", "command"])]
+    pid: Option<u32>,
+    /// Profile every process with this name (new ones join while profiling).
+    #[arg(long, conflicts_with = "command")]
+    comm: Option<String>,
+    /// Stop after this many seconds (default: Ctrl-C, or when the target exits).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// Samples per second on each CPU.
+    #[arg(long, value_name = "HZ", default_value_t = 99)]
+    freq: u64,
+    /// Output file; the format follows the extension (.svg, .folded/.txt, .pb.gz/.pprof).
+    /// With --off-cpu, OUT.offcpu.EXT and OUT.combined.EXT are written next to it.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "OUT",
+        default_value = "profile.svg"
+    )]
+    output: PathBuf,
+    /// Output format, when the extension does not say.
+    #[arg(long, value_enum)]
+    format: Option<ws_trace::profile::Format>,
+    /// Also record time spent off CPU (blocked, waiting, preempted) per stack.
+    #[arg(long)]
+    off_cpu: bool,
+    /// Also sample CPU % (user/system), RSS and context switches every SECS (default 1):
+    /// OUT.series.csv and a chart OUT.series.svg.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
+    series: Option<f64>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Start this command and profile it (it runs once sampling has started; it is
+    /// stopped when --duration ends).
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+fn profile_command(args: ProfileArgs) -> anyhow::Result<ExitCode> {
+    use ws_trace::profile::{self, Format, ProfileOptions, View};
+    privileges::require_tracing()?;
+    anyhow::ensure!(
+        (1..=10_000).contains(&args.freq),
+        "--freq must be between 1 and 10000 Hz"
+    );
+    let format = match args.format {
+        Some(f) => f,
+        None => Format::from_path(&args.output).with_context(|| {
+            format!(
+                "{}: say --format (the extension names no format: .svg .folded .txt .pb.gz .pprof)",
+                args.output.display()
+            )
+        })?,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
+            .context("installing the Ctrl-C handler")?;
+    }
+    let secs = |s: f64, what: &str| {
+        Duration::try_from_secs_f64(s)
+            .with_context(|| format!("{what} must be a non-negative number of seconds"))
+    };
+    let opts = ProfileOptions {
+        freq: args.freq,
+        duration: args.duration.map(|d| secs(d, "--duration")).transpose()?,
+        off_cpu: args.off_cpu,
+        series: args
+            .series
+            .map(|s| secs(s, "--series").map(|d| d.max(Duration::from_millis(100))))
+            .transpose()?,
+    };
+    let mut target = if let Some(pid) = args.pid {
+        Target::pid(pid)?
+    } else if let Some(comm) = &args.comm {
+        Target::Comm(comm.clone())
+    } else if !args.command.is_empty() {
+        Target::spawn(&args.command)?
+    } else {
+        Target::All
+    };
+    eprintln!(
+        "ws-trace: profiling {} at {} Hz{}{}; Ctrl-C to stop",
+        target.describe(),
+        args.freq,
+        if args.off_cpu {
+            ", with off-CPU time"
+        } else {
+            ""
+        },
+        opts.duration
+            .map_or(String::new(), |d| format!(" for {:.1} s", d.as_secs_f64()))
+    );
+    let raw = profile::run(&opts, &mut target, &stop).context("profiling session")?;
+    let prof = profile::symbolize(&raw);
+    for w in &prof.warnings {
+        eprintln!("ws-trace: warning: {w}");
+    }
+    let mut files = Vec::new();
+    let mut views = vec![View::OnCpu];
+    if args.off_cpu {
+        views.push(View::OffCpu);
+        if format != Format::Pprof {
+            views.push(View::Combined);
+        }
+    }
+    for view in views {
+        let path = view.path(&args.output);
+        match profile::write(&prof, view, format, &path) {
+            Ok(()) => files.push(path),
+            Err(profile::ProfileError::Empty) => {
+                eprintln!(
+                    "ws-trace: nothing to write for {}: no samples",
+                    path.display()
+                );
+            }
+            Err(e) => return Err(e).with_context(|| format!("writing {}", path.display())),
+        }
+    }
+    if opts.series.is_some() {
+        let csv = profile::View::OnCpu
+            .path(&args.output)
+            .with_extension("series.csv");
+        let file =
+            std::fs::File::create(&csv).with_context(|| format!("creating {}", csv.display()))?;
+        let mut out = std::io::BufWriter::new(file);
+        profile::series::write_csv(&raw.series, &mut out)
+            .and_then(|()| std::io::Write::flush(&mut out))
+            .with_context(|| format!("writing {}", csv.display()))?;
+        files.push(csv);
+    }
+    let stacks = prof.on_cpu.len();
+    let top = prof.top_self(10);
+    if args.json {
+        let summary = serde_json::json!({
+            "samples": prof.samples(),
+            "stacks": stacks,
+            "freq_hz": prof.freq,
+            "duration_s": prof.duration_ns as f64 / 1e9,
+            "off_cpu_ms": prof.off_cpu_ns() as f64 / 1e6,
+            "symbols": prof.stats,
+            "user_hit_rate": prof.stats.user_hit_rate(),
+            "kernel_hit_rate": prof.stats.kernel_hit_rate(),
+            "top_self": top,
+            "warnings": prof.warnings,
+            "files": files,
+        });
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "{} samples in {} stacks over {:.1} s at {} Hz",
+            prof.samples(),
+            stacks,
+            prof.duration_ns as f64 / 1e9,
+            prof.freq
+        );
+        if args.off_cpu {
+            println!(
+                "off-CPU: {:.1} ms in {} stacks",
+                prof.off_cpu_ns() as f64 / 1e6,
+                prof.off_cpu.len()
+            );
+        }
+        println!(
+            "symbols: user {}/{} frames ({:.0}%), kernel {}/{} ({:.0}%)",
+            prof.stats.user_known,
+            prof.stats.user_frames,
+            prof.stats.user_hit_rate() * 100.0,
+            prof.stats.kernel_known,
+            prof.stats.kernel_frames,
+            prof.stats.kernel_hit_rate() * 100.0
+        );
+        if !top.is_empty() {
+            println!("top functions (self samples):");
+            let total = prof.samples().max(1) as f64;
+            for (name, n) in &top {
+                println!("  {:>5.1}%  {n:>6}  {name}", *n as f64 / total * 100.0);
+            }
+        }
+        for f in &files {
+            println!("wrote {}", f.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn diff_command(
+    base: &std::path::Path,
+    new: &std::path::Path,
+    output: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use ws_trace::profile::diff;
+    if diff::is_trace(base) || diff::is_trace(new) {
+        anyhow::ensure!(
+            diff::is_trace(base) && diff::is_trace(new),
+            "diff compares two traces (.wstrace) or two profiles, not one of each"
+        );
+        let d = diff::compare_traces(base, new)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&d)?);
+        } else {
+            print!("{d}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let file =
+        std::fs::File::create(output).with_context(|| format!("creating {}", output.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    diff::write_flamegraph(base, new, &mut out)
+        .with_context(|| format!("comparing {} with {}", base.display(), new.display()))?;
+    std::io::Write::flush(&mut out).with_context(|| format!("writing {}", output.display()))?;
+    eprintln!(
+        "ws-trace: differential flamegraph written to {}",
+        output.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
