@@ -640,7 +640,12 @@ fn profile_command(args: ProfileArgs) -> anyhow::Result<ExitCode> {
         profile::series::write_csv(&raw.series, &mut out)
             .and_then(|()| std::io::Write::flush(&mut out))
             .with_context(|| format!("writing {}", csv.display()))?;
-        files.push(csv);
+        files.push(csv.clone());
+        let chart = csv.with_extension("svg");
+        match profile::series::write_chart(&raw.series, &chart) {
+            Ok(()) => files.push(chart),
+            Err(e) => eprintln!("ws-trace: no chart: {e}"),
+        }
     }
     let stacks = prof.on_cpu.len();
     let top = prof.top_self(10);

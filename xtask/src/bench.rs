@@ -15,6 +15,8 @@ pub enum Which {
     Attach,
     /// ws-engine vs tokio-tungstenite over TLS, and decrypt cost.
     Tls,
+    /// What `ws-trace profile` at 99 Hz costs a busy process.
+    Profile,
 }
 
 /// Runs one benchmark.
@@ -25,6 +27,7 @@ pub fn run(which: Which, json: Option<&Path>) -> anyhow::Result<()> {
         Which::Profiler => ("ws-profiler", "profiler"),
         Which::Attach => ("ws-trace", "attach"),
         Which::Tls => ("ws-engine", "tls"),
+        Which::Profile => ("ws-trace", "profile"),
     };
     let json = json
         .map(std::path::absolute)

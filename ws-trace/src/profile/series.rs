@@ -1,6 +1,6 @@
 //! `--series`: the target's CPU % (user and system), RSS and context switches per
 //! interval, from `/proc/PID/stat` and `/proc/PID/status`, summed over its processes;
-//! written as CSV.
+//! written as CSV and drawn as an SVG chart (plotters): CPU, RSS and switches stacked.
 
 use std::{collections::BTreeMap, collections::BTreeSet, io::Write, time::Duration};
 
@@ -140,6 +140,104 @@ pub fn write_csv(points: &[Point], out: &mut dyn Write) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Draws the series as an SVG chart: CPU % (user, system), RSS (MiB), context switches
+/// per second, one panel each, over the same time axis.
+pub fn write_chart(points: &[Point], path: &std::path::Path) -> Result<(), super::ProfileError> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Display| super::ProfileError::Chart(e.to_string());
+    if points.is_empty() {
+        return Err(super::ProfileError::Chart("no points in the series".into()));
+    }
+    let t_max = points.iter().map(|p| p.t_s).fold(0.0, f64::max).max(0.1);
+    let root = SVGBackend::new(path, (960, 720)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let panels = root.split_evenly((3, 1));
+    let interval = |i: usize| {
+        let prev = if i == 0 { 0.0 } else { points[i - 1].t_s };
+        (points[i].t_s - prev).max(1e-3)
+    };
+    type Line = (&'static str, RGBColor, Vec<(f64, f64)>);
+    let cpu: Vec<Line> = vec![
+        (
+            "user %",
+            RED,
+            points.iter().map(|p| (p.t_s, p.user_pct)).collect(),
+        ),
+        (
+            "system %",
+            BLUE,
+            points.iter().map(|p| (p.t_s, p.system_pct)).collect(),
+        ),
+    ];
+    let rss: Vec<Line> = vec![(
+        "RSS MiB",
+        GREEN,
+        points
+            .iter()
+            .map(|p| (p.t_s, p.rss_kib as f64 / 1024.0))
+            .collect(),
+    )];
+    let switches: Vec<Line> = vec![
+        (
+            "voluntary /s",
+            MAGENTA,
+            points
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.t_s, p.voluntary_switches as f64 / interval(i)))
+                .collect(),
+        ),
+        (
+            "involuntary /s",
+            BLACK,
+            points
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.t_s, p.involuntary_switches as f64 / interval(i)))
+                .collect(),
+        ),
+    ];
+    for (area, (title, lines)) in panels.iter().zip([
+        ("CPU (% of one core)", cpu),
+        ("resident memory", rss),
+        ("context switches", switches),
+    ]) {
+        let y_max = lines
+            .iter()
+            .flat_map(|(_, _, v)| v.iter().map(|(_, y)| *y))
+            .fold(0.0, f64::max)
+            .max(1.0)
+            * 1.1;
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(28)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.0..t_max, 0.0..y_max)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds")
+            .draw()
+            .map_err(|e| err(&e))?;
+        for (name, color, data) in lines {
+            chart
+                .draw_series(LineSeries::new(data, color.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,5 +263,21 @@ mod tests {
         let text = String::from_utf8(csv).unwrap();
         assert_eq!(text.lines().count(), 2);
         assert!(text.starts_with("t_s,user_pct"));
+        let dir = tempfile::tempdir().unwrap();
+        let svg = dir.path().join("series.svg");
+        let more = [
+            points[0],
+            Point {
+                t_s: points[0].t_s * 2.0,
+                user_pct: 50.0,
+                rss_kib: 4096,
+                voluntary_switches: 3,
+                ..points[0]
+            },
+        ];
+        write_chart(&more, &svg).unwrap();
+        let drawn = std::fs::read_to_string(&svg).unwrap();
+        assert!(drawn.contains("<svg") && drawn.contains("polyline"));
+        assert!(drawn.contains("resident memory"));
     }
 }
