@@ -631,9 +631,7 @@ fn profile_command(args: ProfileArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if opts.series.is_some() {
-        let csv = profile::View::OnCpu
-            .path(&args.output)
-            .with_extension("series.csv");
+        let csv = profile::sibling(&args.output, "series", "csv");
         let file =
             std::fs::File::create(&csv).with_context(|| format!("creating {}", csv.display()))?;
         let mut out = std::io::BufWriter::new(file);
@@ -641,7 +639,7 @@ fn profile_command(args: ProfileArgs) -> anyhow::Result<ExitCode> {
             .and_then(|()| std::io::Write::flush(&mut out))
             .with_context(|| format!("writing {}", csv.display()))?;
         files.push(csv.clone());
-        let chart = csv.with_extension("svg");
+        let chart = profile::sibling(&args.output, "series", "svg");
         match profile::series::write_chart(&raw.series, &chart) {
             Ok(()) => files.push(chart),
             Err(e) => eprintln!("ws-trace: no chart: {e}"),

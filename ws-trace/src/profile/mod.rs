@@ -224,6 +224,20 @@ impl View {
     }
 }
 
+/// `OUT` with its extension(s) replaced by `.TAG.EXT`: `p.pb.gz` → `p.series.csv`.
+pub fn sibling(out: &Path, tag: &str, ext: &str) -> PathBuf {
+    let name = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("profile");
+    let stem = name
+        .split('.')
+        .next()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(name);
+    out.with_file_name(format!("{stem}.{tag}.{ext}"))
+}
+
 /// Writes one view of `profile` as `format` to `path`.
 pub fn write(
     profile: &Profile,
@@ -243,4 +257,27 @@ pub fn write(
         Format::Pprof => pprof::write(profile, view, &mut out)?,
     }
     std::io::Write::flush(&mut out).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_names() {
+        let out = Path::new("/tmp/x/v1.pb.gz");
+        assert_eq!(View::OnCpu.path(out), out);
+        assert_eq!(View::OffCpu.path(out), Path::new("/tmp/x/v1.offcpu.pb.gz"));
+        assert_eq!(
+            View::Combined.path(Path::new("p.svg")),
+            Path::new("p.combined.svg")
+        );
+        assert_eq!(
+            sibling(out, "series", "csv"),
+            Path::new("/tmp/x/v1.series.csv")
+        );
+        assert_eq!(Format::from_path(out), Some(Format::Pprof));
+        assert_eq!(Format::from_path(Path::new("a.txt")), Some(Format::Folded));
+        assert_eq!(Format::from_path(Path::new("a.png")), None);
+    }
 }

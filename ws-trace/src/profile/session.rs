@@ -124,11 +124,12 @@ fn snapshot(processes: &mut BTreeMap<u32, ProcessInfo>, tgid: u32) {
         return;
     };
     let maps = parse_maps(&maps);
-    if maps.is_empty() {
-        return;
-    }
     let info = processes.entry(tgid).or_default();
-    info.maps = maps;
+    // Kernel threads have no mappings; a process that is exiting may show none: keep what
+    // was seen before.
+    if !maps.is_empty() {
+        info.maps = maps;
+    }
     if let Ok(comm) = std::fs::read_to_string(format!("/proc/{tgid}/comm")) {
         info.comm = comm.trim_end().to_string();
     }
@@ -235,6 +236,20 @@ impl Loaded {
         let map = self.ebpf.map("TGIDS").ok_or(ProfileError::NoMap("TGIDS"))?;
         let tgids: HashMap<_, u32, u8> = HashMap::try_from(map).map_err(map_err("TGIDS"))?;
         Ok(tgids.keys().filter_map(Result::ok).collect())
+    }
+
+    /// Processes with counts so far (to read the maps of, without a filter).
+    fn seen_tgids(&self) -> BTreeSet<u32> {
+        let mut out = BTreeSet::new();
+        for name in ["PROFILE_COUNTS", "PROFILE_OFFCPU"] {
+            let Some(map) = self.ebpf.map(name) else {
+                continue;
+            };
+            if let Ok(counts) = HashMap::<&MapData, StackKey, u64>::try_from(map) {
+                out.extend(counts.keys().flatten().map(|k| k.tgid));
+            }
+        }
+        out
     }
 
     fn attach_sampler(&mut self, freq: u64) -> Result<(), ProfileError> {
@@ -354,6 +369,14 @@ pub fn run(
             known.extend(all);
         }
         if last_snapshot.is_none_or(|t| now.duration_since(t) >= Duration::from_millis(250)) {
+            if !filter {
+                // Every process: read the maps of those that were sampled.
+                for tgid in loaded.seen_tgids() {
+                    if !processes.contains_key(&tgid) {
+                        snapshot(&mut processes, tgid);
+                    }
+                }
+            }
             for &tgid in &known {
                 snapshot(&mut processes, tgid);
             }
@@ -371,6 +394,9 @@ pub fn run(
         std::thread::sleep(tick);
     }
     // One last look at the maps while the process may still be there.
+    if !filter {
+        known.extend(loaded.seen_tgids());
+    }
     for &tgid in &known {
         snapshot(&mut processes, tgid);
     }

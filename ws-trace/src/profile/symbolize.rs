@@ -106,41 +106,57 @@ fn kernel_frames(symbolizer: &Symbolizer, addrs: &[u64]) -> HashMap<u64, Frame> 
         .collect()
 }
 
+/// Where to read a mapping's file: a binary replaced or deleted since the process mapped
+/// it is still readable through `/proc/PID/map_files` while the process lives.
+fn elf_path(tgid: u32, m: &super::session::Mapping) -> String {
+    if m.path.ends_with(" (deleted)") {
+        // Once the process is gone, the file at that path (if any) is another build whose
+        // symbols would lie: the frames stay as addresses.
+        let alive = format!("/proc/{tgid}/map_files/{:x}-{:x}", m.start, m.end);
+        if std::fs::metadata(&alive).is_ok() {
+            return alive;
+        }
+    }
+    m.path.clone()
+}
+
 /// Symbolizes one process's user addresses (already adjusted to point into the call
 /// instruction for return addresses) against its last seen mappings.
 fn user_frames(
     symbolizer: &Symbolizer,
+    tgid: u32,
     maps: &[super::session::Mapping],
     addrs: &[u64],
-) -> HashMap<u64, Frame> {
+) -> HashMap<u64, Vec<Frame>> {
     let mut out = HashMap::new();
     // Per mapped file: (address, file offset).
-    let mut by_file: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
+    // Per mapped file (as shown, and where to read it): (address, file offset).
+    let mut by_file: BTreeMap<(&str, String), Vec<(u64, u64)>> = BTreeMap::new();
     for &addr in addrs {
         match maps.iter().find(|m| m.start <= addr && addr < m.end) {
             Some(m) => by_file
-                .entry(m.path.as_str())
+                .entry((m.path.as_str(), elf_path(tgid, m)))
                 .or_default()
                 .push((addr, addr - m.start + m.offset)),
             None => {
                 out.insert(
                     addr,
-                    Frame {
+                    vec![Frame {
                         name: format!("[unknown]+0x{addr:x}"),
                         module: "[unknown]".into(),
                         addr,
                         line: None,
                         kernel: false,
                         known: false,
-                    },
+                    }],
                 );
             }
         }
     }
-    for (path, list) in by_file {
+    for ((path, elf), list) in by_file {
         let offsets: Vec<u64> = list.iter().map(|(_, off)| *off).collect();
         let results = if path.starts_with('/') {
-            let src = Source::Elf(Elf::new(path));
+            let src = Source::Elf(Elf::new(elf));
             symbolizer
                 .symbolize(&src, Input::FileOffset(&offsets))
                 .unwrap_or_default()
@@ -150,7 +166,24 @@ fn user_frames(
         for (i, &(addr, off)) in list.iter().enumerate() {
             let unknown = Symbolized::Unknown(blazesym::symbolize::Reason::Unsupported);
             let r = results.get(i).unwrap_or(&unknown);
-            out.insert(addr, frame_of(r, path, addr, off, false));
+            let mut frames = vec![frame_of(r, path, addr, off, false)];
+            if let Symbolized::Sym(sym) = r {
+                // Calls inlined at this address, outermost first, as frames of their own.
+                frames.extend(sym.inlined.iter().map(|f| {
+                    Frame {
+                        name: f.name.to_string(),
+                        module: path.to_string(),
+                        addr,
+                        line: f
+                            .code_info
+                            .as_ref()
+                            .and_then(|c| Some((c.to_path().display().to_string(), c.line?))),
+                        kernel: false,
+                        known: true,
+                    }
+                }));
+            }
+            out.insert(addr, frames);
         }
     }
     out
@@ -197,9 +230,10 @@ pub fn symbolize(raw: &RawProfile) -> Profile {
             v.extend(s.iter().enumerate().map(|(i, ip)| lookup_addr(i, *ip)));
         }
     }
-    let mut user: HashMap<u32, HashMap<u64, Frame>> = HashMap::new();
+    let mut user: HashMap<u32, HashMap<u64, Vec<Frame>>> = HashMap::new();
     let mut warnings = Vec::new();
     let mut module_hits: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut unmapped = Vec::new();
     for (tgid, mut addrs) in per_tgid {
         addrs.sort_unstable();
         addrs.dedup();
@@ -208,20 +242,30 @@ pub fn symbolize(raw: &RawProfile) -> Profile {
             .get(&tgid)
             .map(|p| p.maps.as_slice())
             .unwrap_or_default();
-        if maps.is_empty() {
-            warnings.push(format!(
-                "pid {tgid}: its memory map was never read (it exited too soon); its user frames are raw addresses"
-            ));
+        if maps.is_empty() && raw.processes.get(&tgid).is_none_or(|p| p.comm.is_empty()) {
+            unmapped.push(tgid);
         }
-        let frames = user_frames(&symbolizer, maps, &addrs);
-        for f in frames.values() {
+        let frames = user_frames(&symbolizer, tgid, maps, &addrs);
+        for f in frames.values().filter_map(|v| v.first()) {
             let e = module_hits.entry(f.module.clone()).or_default();
             e.0 += 1;
             e.1 += u64::from(f.known);
         }
         stats.user_frames += frames.len() as u64;
-        stats.user_known += frames.values().filter(|f| f.known).count() as u64;
+        stats.user_known += frames
+            .values()
+            .filter(|v| v.first().is_some_and(|f| f.known))
+            .count() as u64;
         user.insert(tgid, frames);
+    }
+    if !unmapped.is_empty() {
+        let shown: Vec<String> = unmapped.iter().take(8).map(u32::to_string).collect();
+        warnings.push(format!(
+            "{} process(es) exited before their memory map was read (pid {}{}): their user frames are raw addresses",
+            unmapped.len(),
+            shown.join(", "),
+            if unmapped.len() > shown.len() { ", ..." } else { "" }
+        ));
     }
     for (module, (total, known)) in &module_hits {
         if module.starts_with('/') && known == &0 {
@@ -241,14 +285,17 @@ pub fn symbolize(raw: &RawProfile) -> Profile {
             let table = user.get(&k.tgid);
             for (i, ip) in s.iter().enumerate().rev() {
                 let a = lookup_addr(i, *ip);
-                frames.push(table.and_then(|t| t.get(&a)).cloned().unwrap_or(Frame {
-                    name: format!("[unknown]+0x{a:x}"),
-                    module: "[unknown]".into(),
-                    addr: a,
-                    line: None,
-                    kernel: false,
-                    known: false,
-                }));
+                match table.and_then(|t| t.get(&a)) {
+                    Some(found) => frames.extend(found.iter().cloned()),
+                    None => frames.push(Frame {
+                        name: format!("[unknown]+0x{a:x}"),
+                        module: "[unknown]".into(),
+                        addr: a,
+                        line: None,
+                        kernel: false,
+                        known: false,
+                    }),
+                }
             }
         }
         if let Some(s) = u32::try_from(k.kernel_stack)
