@@ -202,6 +202,8 @@ fn sleeper_shows_its_function_off_cpu() {
             "--duration",
             "2",
             "--off-cpu",
+            "--series",
+            "0.5",
             "-o",
             out.to_str().expect("utf-8 path"),
         ],
@@ -224,6 +226,22 @@ fn sleeper_shows_its_function_off_cpu() {
         combined.contains(";off-CPU;"),
         "combined view has no off-CPU part"
     );
+    // --series: a CSV row per 0.5 s (the first interval only sets the baseline) and a chart.
+    let csv = std::fs::read_to_string(dir.path().join("sleep.series.csv")).expect("series csv");
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        rows[0],
+        "t_s,user_pct,system_pct,rss_kib,voluntary_switches,involuntary_switches"
+    );
+    assert!(rows.len() >= 3, "series: {csv}");
+    // A 20 ms sleeper switches out voluntarily about 25 times per 0.5 s.
+    let voluntary: u64 = rows[1..]
+        .iter()
+        .filter_map(|r| r.split(',').nth(4)?.parse::<u64>().ok())
+        .sum();
+    assert!(voluntary >= 20, "voluntary switches {voluntary}: {csv}");
+    let chart = std::fs::read_to_string(dir.path().join("sleep.series.svg")).expect("chart");
+    assert!(chart.contains("<svg") && chart.contains("context switches"));
     // The sleeper stacks end in the scheduler, not in the tracing machinery.
     assert!(
         off.iter()

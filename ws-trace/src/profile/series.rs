@@ -1,5 +1,6 @@
 //! `--series`: the target's CPU % (user and system), RSS and context switches per
-//! interval, from `/proc/PID/stat` and `/proc/PID/status`, summed over its processes;
+//! interval, from `/proc/PID/stat`, `/proc/PID/status` and each thread's
+//! `/proc/PID/task/TID/status`, summed over its processes;
 //! written as CSV and drawn as an SVG chart (plotters): CPU, RSS and switches stacked.
 
 use std::{collections::BTreeMap, collections::BTreeSet, io::Write, time::Duration};
@@ -38,20 +39,30 @@ fn read_counters(tgid: u32) -> Option<Counters> {
     // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after `) `.
     let utime = f.get(11)?.parse().ok()?;
     let stime = f.get(12)?.parse().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{tgid}/status")).ok()?;
-    let field = |name: &str| -> u64 {
+    let field = |status: &str, name: &str| -> u64 {
         status
             .lines()
             .find_map(|l| l.strip_prefix(name))
             .and_then(|v| v.split_ascii_whitespace().next()?.parse().ok())
             .unwrap_or(0)
     };
+    let status = std::fs::read_to_string(format!("/proc/{tgid}/status")).ok()?;
+    // Context switches are counted per thread: sum them over the process's threads.
+    let (mut vol, mut invol) = (0, 0);
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{tgid}/task")) {
+        for task in tasks.flatten() {
+            if let Ok(t) = std::fs::read_to_string(task.path().join("status")) {
+                vol += field(&t, "voluntary_ctxt_switches:");
+                invol += field(&t, "nonvoluntary_ctxt_switches:");
+            }
+        }
+    }
     Some(Counters {
         utime,
         stime,
-        rss_kib: field("VmRSS:"),
-        vol: field("voluntary_ctxt_switches:"),
-        invol: field("nonvoluntary_ctxt_switches:"),
+        rss_kib: field(&status, "VmRSS:"),
+        vol,
+        invol,
     })
 }
 
