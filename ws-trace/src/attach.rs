@@ -313,9 +313,10 @@ pub fn run(
             && Instant::now() >= next_rescan
         {
             // New processes of that name join the filter.
-            for tgid in target.tgids()?.difference(&known.clone()) {
-                session.probes.add_tgid(*tgid)?;
-                known.insert(*tgid);
+            let new: Vec<u32> = target.tgids()?.difference(&known).copied().collect();
+            for tgid in new {
+                session.probes.add_tgid(tgid)?;
+                known.insert(tgid);
             }
             next_rescan += Duration::from_secs(1);
         }

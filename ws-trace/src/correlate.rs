@@ -135,6 +135,28 @@ pub struct MessageRow {
 }
 
 impl MessageRow {
+    /// A row for tests: socket cookie 1, message 0, and only the given stamps.
+    #[cfg(test)]
+    pub(crate) fn with_stamps(stamps: &[(Stamp, u64)]) -> MessageRow {
+        let mut at = [None; STAMP_COUNT];
+        for &(s, t) in stamps {
+            at[s as usize] = Some(t);
+        }
+        MessageRow {
+            cookie: 1,
+            conn_id: 0,
+            msg_seq: 0,
+            len: 1,
+            opcode: 2,
+            tls: "none",
+            tid: 1,
+            rx_cpu: 0,
+            app_cpu: 0,
+            seq_end: 0,
+            stamps: at,
+        }
+    }
+
     /// A stamp.
     pub fn at(&self, s: Stamp) -> Option<u64> {
         self.stamps[s as usize]
@@ -477,26 +499,14 @@ mod tests {
 
     #[test]
     fn stages_skip_absent_stamps() {
-        let mut stamps = [None; STAMP_COUNT];
-        stamps[Stamp::Nic as usize] = Some(100);
-        stamps[Stamp::Softirq as usize] = Some(150);
-        stamps[Stamp::Tcp as usize] = Some(170);
-        stamps[Stamp::Epoll as usize] = Some(300);
-        stamps[Stamp::Callback as usize] = Some(400);
-        stamps[Stamp::CallbackDone as usize] = Some(1000);
-        let row = MessageRow {
-            cookie: 1,
-            conn_id: 0,
-            msg_seq: 0,
-            len: 1,
-            opcode: 2,
-            tls: "none",
-            tid: 1,
-            rx_cpu: 0,
-            app_cpu: 0,
-            seq_end: 0,
-            stamps,
-        };
+        let row = MessageRow::with_stamps(&[
+            (Stamp::Nic, 100),
+            (Stamp::Softirq, 150),
+            (Stamp::Tcp, 170),
+            (Stamp::Epoll, 300),
+            (Stamp::Callback, 400),
+            (Stamp::CallbackDone, 1000),
+        ]);
         let stages: Vec<_> = row.stages().collect();
         assert_eq!(
             stages,

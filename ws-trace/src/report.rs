@@ -378,24 +378,12 @@ mod tests {
     #[test]
     fn shares_add_up_to_the_total() {
         let row = |base: u64, cb: u64| {
-            let mut stamps = [None; STAMP_COUNT];
-            stamps[Stamp::Nic as usize] = Some(base);
-            stamps[Stamp::Tcp as usize] = Some(base + 10);
-            stamps[Stamp::Callback as usize] = Some(base + 30);
-            stamps[Stamp::CallbackDone as usize] = Some(base + 30 + cb);
-            MessageRow {
-                cookie: 1,
-                conn_id: 0,
-                msg_seq: 0,
-                len: 1,
-                opcode: 2,
-                tls: "none",
-                tid: 1,
-                rx_cpu: 0,
-                app_cpu: 0,
-                seq_end: 0,
-                stamps,
-            }
+            MessageRow::with_stamps(&[
+                (Stamp::Nic, base),
+                (Stamp::Tcp, base + 10),
+                (Stamp::Callback, base + 30),
+                (Stamp::CallbackDone, base + 30 + cb),
+            ])
         };
         let rows = [row(0, 70), row(1000, 170)];
         let t = StageTable::of(&rows);
