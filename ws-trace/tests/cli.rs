@@ -12,6 +12,33 @@ use ws_trace::privileges::require_for_test;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ws-trace");
 
+/// A ws-trace started by a test; killed if the test fails before it ends, so a failed
+/// test never leaves probes attached behind it.
+struct Reaped(Option<std::process::Child>);
+
+impl Reaped {
+    fn spawn(cmd: &mut Command) -> Reaped {
+        Reaped(Some(cmd.spawn().expect("spawn ws-trace")))
+    }
+
+    fn child(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("child already taken")
+    }
+
+    fn into_inner(mut self) -> std::process::Child {
+        self.0.take().expect("child already taken")
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Tests that look at the kernel's list of loaded programs must not overlap.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -92,15 +119,18 @@ fn attach_counts_events_and_exits_cleanly() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let before = our_program_ids();
-    let child = Command::new(BIN)
-        .args(["attach", "--duration", "1.5", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn attach");
+    let child = Reaped::spawn(
+        Command::new(BIN)
+            .args(["attach", "--duration", "1.5", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
     let ids = wait_for_new_probes(&before);
     ws_tests_traffic();
-    let out = child.wait_with_output().expect("attach output");
+    let out = child
+        .into_inner()
+        .wait_with_output()
+        .expect("attach output");
     assert!(
         out.status.success(),
         "{}",
@@ -174,16 +204,16 @@ fn assert_unloaded(ids: &BTreeSet<u32>, after: &str) {
 fn signal_leaves_nothing_loaded(signal: nix::sys::signal::Signal) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let before = our_program_ids();
-    let mut child = Command::new(BIN)
-        .args(["attach"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn attach");
+    let mut child = Reaped::spawn(
+        Command::new(BIN)
+            .args(["attach"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
     let ids = wait_for_new_probes(&before);
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let pid = nix::unistd::Pid::from_raw(child.child().id() as i32);
     nix::sys::signal::kill(pid, signal).expect("signal ws-trace");
-    let status = child.wait().expect("wait");
+    let status = child.child().wait().expect("wait");
     if signal == nix::sys::signal::Signal::SIGINT {
         assert!(
             status.success(),
@@ -362,25 +392,25 @@ fn a_killed_recording_is_still_readable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let trace = dir.path().join("killed.wstrace");
     let before = our_program_ids();
-    let mut child = Command::new(BIN)
-        .arg("record")
-        .arg("-o")
-        .arg(&trace)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn record");
+    let mut child = Reaped::spawn(
+        Command::new(BIN)
+            .arg("record")
+            .arg("-o")
+            .arg(&trace)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     let ids = wait_for_new_probes(&before);
     ws_tests_traffic();
     // Past the recorder's once-a-second flush.
     thread::sleep(Duration::from_millis(1500));
     ws_tests_traffic();
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.child().id() as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill");
-    let _ = child.wait();
+    let _ = child.child().wait();
     assert_unloaded(&ids, "SIGKILL of record");
     let out = Command::new(BIN)
         .arg("report")
