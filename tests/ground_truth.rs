@@ -232,11 +232,10 @@ fn realtime_minus_monotonic() -> i64 {
 }
 
 /// The kernel's own software receive stamp (SO_TIMESTAMPING, CLOCK_REALTIME) of the last
-/// packet of each read must agree with ws-trace's stamp of that packet entering the stack
-/// (median within 2 µs; see the note at the assertion for the tail).
-/// The kernel takes its stamp either when the device queues the packet (netif_rx) or when
-/// the softirq hands it to the protocols (netif_receive_skb) — both are ws-trace stamps of
-/// the packet's NIC stage — so the nearer of the two is compared.
+/// packet of each read must agree with ws-trace's NIC stamp of that packet within 5 µs at
+/// p99. For a packet off a wire (here: a veth whose sender's departure times are cleared)
+/// the kernel stamps it when the device hands it to the stack, where ws-trace's first
+/// stamp of the packet is taken too.
 #[test]
 fn the_nic_stamp_agrees_with_so_timestamping() {
     use std::io::{IoSliceMut, Write as _};
@@ -253,10 +252,12 @@ fn the_nic_stamp_agrees_with_so_timestamping() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // The server sits in a network namespace behind a veth pair, as a remote peer would
-    // behind a NIC. (On loopback the kernel re-stamps TCP packets that carry the sender's
-    // departure time when it delivers them locally — for packets that wait in the socket
-    // backlog that is long after they arrived — so loopback stamps measure something else.)
+    // behind a NIC. (Over loopback the kernel stamps TCP packets only at IP delivery,
+    // after the softirq has queued and received them, so its stamp is not a NIC stamp.)
     let ns = ws_trace::demo::netns::Netns::create().expect("network namespace with a veth pair");
+    // TCP's departure-time stamp would otherwise cross the pair and make the host's stack
+    // stamp the packet at IP delivery instead of when it arrives (see `Netns::wire_like`).
+    let wire = ns.wire_like().expect("tc egress program on the veth");
     let enter = ns.enter_handle();
     let server = std::thread::spawn(move || {
         enter()?;
@@ -349,6 +350,7 @@ fn the_nic_stamp_agrees_with_so_timestamping() {
     }
     let (tid, reads) = reader.join().expect("reader");
     let _ = server.join();
+    drop(wire);
     drop(ns);
     session
         .pump(Duration::from_millis(100), |_, e| events.push(*e))
@@ -371,7 +373,8 @@ fn the_nic_stamp_agrees_with_so_timestamping() {
         }
         // The last packet copied ends where the read left copied_seq: its NIC-stage
         // stamps, found by the packet's own TCP sequence range (queued, then received).
-        let stamps: Vec<u64> = events
+        // Its NIC stamp is the earlier one, as the correlator takes it.
+        let nic = events
             .iter()
             .filter_map(|e| match e {
                 Event::Skb(s)
@@ -387,17 +390,10 @@ fn the_nic_stamp_agrees_with_so_timestamping() {
             })
             .rev()
             .take(2)
-            .collect();
-        if stamps.is_empty() {
-            continue;
-        }
+            .min();
+        let Some(nic) = nic else { continue };
         let kernel = stamp_rt - offset;
-        let nearest = stamps
-            .iter()
-            .map(|&t| (kernel - t as i64).abs())
-            .min()
-            .unwrap_or(i64::MAX);
-        diffs.push(nearest);
+        diffs.push((kernel - nic as i64).abs());
     }
     assert!(
         diffs.len() * 10 >= reads.len() * 9,
@@ -412,12 +408,8 @@ fn the_nic_stamp_agrees_with_so_timestamping() {
         "nic stamp vs SO_TIMESTAMPING: p50 {p50} ns, p99 {p99} ns over {} reads",
         diffs.len()
     );
-    // The issue asks for p99 <= 5 µs. Over this veth pair p99 was 0.6-0.8 µs in six
-    // runs in a row on a quiet machine, but 20-34 µs while other builds loaded both
-    // vCPUs: under load some packets' kernel stamps land tens of µs after both of
-    // ws-trace's stamps (not yet explained). The median is asserted; p99 is printed.
     assert!(
-        p50 <= 2_000,
+        p99 <= 5_000,
         "nic stamp vs SO_TIMESTAMPING: p50 {p50} ns, p99 {p99} ns over {} reads",
         diffs.len()
     );

@@ -85,18 +85,26 @@ fn net_rx_events_arrive_in_order_with_plausible_contents() {
         );
     }
 
-    // Per CPU, ring order is time order.
+    // Per CPU, ring order is time order, except where a probe ran inside another one
+    // between its stamp and its reservation (an interrupt during a softirq probe): the
+    // interrupting record comes first with the later stamp. That is rare; a wrong clock or
+    // a stale ring would put most records out of order.
     let mut last: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut inversions = Vec::new();
     for e in &events {
         let h = e.header();
         let prev = last.insert(h.cpu, h.ts_ns).unwrap_or(0);
-        assert!(
-            h.ts_ns >= prev,
-            "cpu {} went back in time: {prev} -> {}",
-            h.cpu,
-            h.ts_ns
-        );
+        if h.ts_ns < prev {
+            inversions.push((h.cpu, prev - h.ts_ns));
+        }
     }
+    assert!(
+        inversions.len() * 100 <= events.len(),
+        "{} of {} records are older than the one before them on their CPU: {:?}",
+        inversions.len(),
+        events.len(),
+        &inversions[..inversions.len().min(20)]
+    );
 
     // Our data segments: IPv4 + TCP (20..60 bytes of headers) + SIZE, on lo (ifindex 1),
     // both directions. Every length is plausible for an IP packet.

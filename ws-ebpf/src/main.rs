@@ -13,15 +13,16 @@ use aya_ebpf::{
     EbpfContext as _,
     helpers::{
         bpf_get_attach_cookie, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user,
+        bpf_probe_read_user, bpf_skb_set_tstamp,
     },
     macros::{
-        btf_tracepoint, fentry, map, perf_event, raw_tracepoint, tracepoint, uprobe, uretprobe,
+        btf_tracepoint, classifier, fentry, map, perf_event, raw_tracepoint, tracepoint, uprobe,
+        uretprobe,
     },
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{
         BtfTracePointContext, FEntryContext, PerfEventContext, ProbeContext, RawTracePointContext,
-        RetProbeContext, TracePointContext,
+        RetProbeContext, TcContext, TracePointContext,
     },
 };
 use aya_log_ebpf::debug;
@@ -96,14 +97,21 @@ fn current_tgid() -> u32 {
     (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32
 }
 
+/// CLOCK_MONOTONIC now. Every probe takes its stamp with this as soon as it knows it is
+/// configured, before parsing anything, so the stamp is the moment its hook fired.
 #[inline(always)]
-fn header(kind: ProbeKind) -> EventHeader {
+fn now() -> u64 {
+    // SAFETY: a helper call without arguments; always valid in these programs.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn header(kind: ProbeKind, ts_ns: u64) -> EventHeader {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     EventHeader {
-        // SAFETY: helper calls without arguments; always valid in tracing programs.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns,
         kind: kind as u16,
-        // SAFETY: as above.
+        // SAFETY: a helper call without arguments; always valid in these programs.
         cpu: unsafe { bpf_get_smp_processor_id() } as u16,
         tid: pid_tgid as u32,
         tgid: (pid_tgid >> 32) as u32,
@@ -111,14 +119,19 @@ fn header(kind: ProbeKind) -> EventHeader {
     }
 }
 
-/// Reserve, fill and submit one record of type `T`, or count a drop.
+/// Reserve, fill and submit one record of type `T` stamped `ts_ns` (from [`now`]), or
+/// count a drop.
+///
+/// Per CPU, ring order is reservation order, which is stamp order except where a probe
+/// interrupted another between its stamp and its reservation (a probe in an interrupt
+/// during a softirq probe): the interrupting record then comes first with the later
+/// stamp. User space orders by stamp. (Stamping after the reservation would keep the ring
+/// sorted but put every stamp a microsecond or more after its hook on packet probes.)
 #[inline(always)]
-fn emit<T: 'static>(kind: ProbeKind, fill: impl FnOnce(EventHeader) -> T) {
+fn emit<T: 'static>(kind: ProbeKind, ts_ns: u64, fill: impl FnOnce(EventHeader) -> T) {
     match EVENTS.reserve::<T>(0) {
         Some(mut slot) => {
-            // The stamp is taken after the reservation so that, per CPU, ring order and
-            // time order agree.
-            slot.write(fill(header(kind)));
+            slot.write(fill(header(kind, ts_ns)));
             slot.submit(0);
         }
         None => bump(&DROPS, kind as u32),
@@ -184,6 +197,7 @@ fn packet_flow(off: &KernelOffsets, skb: *const u8) -> Flow {
 #[inline(always)]
 fn skb_event(ctx: &BtfTracePointContext, kind: ProbeKind) -> i32 {
     let Some(cfg) = config() else { return 0 };
+    let ts = now();
     let off = &cfg.offsets;
     let skb: *const u8 = ctx.arg(0);
     let flow = packet_flow(off, skb);
@@ -201,7 +215,7 @@ fn skb_event(ctx: &BtfTracePointContext, kind: ProbeKind) -> i32 {
             "{} len={} ifindex={} dport={}", kind as u16, len, ifindex, flow.dport
         );
     }
-    emit(kind, |hdr| SkbEvent {
+    emit(kind, ts, |hdr| SkbEvent {
         hdr,
         skb: skb as u64,
         len,
@@ -235,7 +249,7 @@ fn softirq(ctx: &BtfTracePointContext, kind: ProbeKind) -> i32 {
     if vec != NET_RX_SOFTIRQ || config().is_none() {
         return 0;
     }
-    emit(kind, |hdr| SoftirqEvent { hdr, vec, _pad: 0 });
+    emit(kind, now(), |hdr| SoftirqEvent { hdr, vec, _pad: 0 });
     0
 }
 
@@ -269,6 +283,7 @@ fn sock_ports(off: &KernelOffsets, sk: *const u8) -> (u16, u16) {
 #[btf_tracepoint(function = "tcp_probe")]
 pub fn tcp_probe(ctx: BtfTracePointContext) -> i32 {
     let Some(cfg) = config() else { return 0 };
+    let ts = now();
     let off = &cfg.offsets;
     let sk: *const u8 = ctx.arg(0);
     let skb: *const u8 = ctx.arg(1);
@@ -277,7 +292,7 @@ pub fn tcp_probe(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let cb = skb.wrapping_add(off.sk_buff_cb as usize);
-    emit(ProbeKind::TcpProbe, |hdr| TcpEvent {
+    emit(ProbeKind::TcpProbe, ts, |hdr| TcpEvent {
         hdr,
         cookie: read_kernel::<u64>(sk, off.sock_cookie).unwrap_or(0),
         sk: sk as u64,
@@ -298,6 +313,7 @@ pub fn tcp_probe(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv(ctx: BtfTracePointContext) -> i32 {
     let Some(cfg) = config() else { return 0 };
+    let ts = now();
     if !tgid_traced(cfg, current_tgid()) {
         return 0;
     }
@@ -315,7 +331,7 @@ pub fn sock_recv(ctx: BtfTracePointContext) -> i32 {
     } else if !port_traced(cfg, lport) {
         return 0;
     }
-    emit(ProbeKind::SockRecv, |hdr| RecvEvent {
+    emit(ProbeKind::SockRecv, ts, |hdr| RecvEvent {
         hdr,
         cookie: read_kernel::<u64>(sk, off.sock_cookie).unwrap_or(0),
         sk: sk as u64,
@@ -342,13 +358,14 @@ fn task_ids(off: &KernelOffsets, task: *const u8) -> (u32, u32) {
 #[btf_tracepoint(function = "sched_wakeup")]
 pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
     let Some(cfg) = config() else { return 0 };
+    let ts = now();
     let off = &cfg.offsets;
     let task: *const u8 = ctx.arg(0);
     let (tid, tgid) = task_ids(off, task);
     if !tgid_traced(cfg, tgid) {
         return 0;
     }
-    emit(ProbeKind::SchedWakeup, |hdr| SchedEvent {
+    emit(ProbeKind::SchedWakeup, ts, |hdr| SchedEvent {
         hdr,
         prev_tid: 0,
         prev_tgid: 0,
@@ -365,6 +382,7 @@ pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let Some(cfg) = config() else { return 0 };
+    let ts = now();
     let off = &cfg.offsets;
     let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);
@@ -374,7 +392,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let prev_state: u32 = ctx.arg(3);
-    emit(ProbeKind::SchedSwitch, |hdr| SchedEvent {
+    emit(ProbeKind::SchedSwitch, ts, |hdr| SchedEvent {
         hdr,
         prev_tid,
         prev_tgid,
@@ -390,6 +408,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn process_fork(ctx: BtfTracePointContext) -> i32 {
     let Some(cfg) = config() else { return 0 };
+    let ts = now();
     if cfg.flags & CONFIG_FOLLOW_FORKS == 0 {
         return 0;
     }
@@ -401,7 +420,7 @@ pub fn process_fork(ctx: BtfTracePointContext) -> i32 {
     }
     let (child_tid, child_tgid) = task_ids(off, ctx.arg(1));
     let _ = TGIDS.insert(child_tgid, 1, 0);
-    emit(ProbeKind::ProcessFork, |hdr| SchedEvent {
+    emit(ProbeKind::ProcessFork, ts, |hdr| SchedEvent {
         hdr,
         prev_tid: parent_tid,
         prev_tgid: parent_tgid,
@@ -418,6 +437,7 @@ pub fn process_fork(ctx: BtfTracePointContext) -> i32 {
 #[tracepoint]
 pub fn epoll_exit(ctx: TracePointContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
+    let ts = now();
     if !tgid_traced(cfg, current_tgid()) {
         return 0;
     }
@@ -427,7 +447,7 @@ pub fn epoll_exit(ctx: TracePointContext) -> u32 {
     let ret: i64 = unsafe { ctx.read_at(off.sys_exit_ret as usize) }.unwrap_or(0);
     // SAFETY: as above.
     let nr: i32 = unsafe { ctx.read_at(off.sys_exit_nr as usize) }.unwrap_or(-1);
-    emit(ProbeKind::EpollExit, |hdr| SyscallEvent {
+    emit(ProbeKind::EpollExit, ts, |hdr| SyscallEvent {
         hdr,
         ret,
         nr: nr as u32,
@@ -440,6 +460,7 @@ pub fn epoll_exit(ctx: TracePointContext) -> u32 {
 #[uprobe]
 pub fn callback_entry(ctx: ProbeContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
+    let ts = now();
     if !tgid_traced(cfg, current_tgid()) {
         return 0;
     }
@@ -450,7 +471,7 @@ pub fn callback_entry(ctx: ProbeContext) -> u32 {
     let probe = unsafe { bpf_probe_read_user(ptr) }.unwrap_or_default();
     // SAFETY: the context pointer is the program's own.
     let attach = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    emit(ProbeKind::CallbackEntry, |hdr| CallbackEvent {
+    emit(ProbeKind::CallbackEntry, ts, |hdr| CallbackEvent {
         hdr,
         attach,
         probe,
@@ -480,13 +501,31 @@ pub fn user_exit(ctx: RetProbeContext) -> u32 {
 #[inline(always)]
 fn uprobe_hit(ctx: *mut core::ffi::c_void, kind: ProbeKind, value: u64) -> u32 {
     let Some(cfg) = config() else { return 0 };
+    let ts = now();
     if !tgid_traced(cfg, current_tgid()) {
         return 0;
     }
     // SAFETY: the context pointer is the program's own.
     let attach = unsafe { bpf_get_attach_cookie(ctx) };
-    emit(kind, |hdr| UprobeEvent { hdr, attach, value });
+    emit(kind, ts, |hdr| UprobeEvent { hdr, attach, value });
     0
+}
+
+// ---- test peers ----------------------------------------------------------------------------
+
+/// tc egress on the far end of a veth pair: makes the pair behave like a wire.
+///
+/// TCP stamps every outgoing skb with its departure time (EDT, `CLOCK_MONOTONIC`), and a
+/// veth pair keeps that stamp when the skb crosses into the other namespace, so the
+/// receiving stack skips its own receive stamp at the device and takes it only at IP
+/// local delivery. A packet off a real wire carries no departure time. Clearing it here
+/// lets the receiver stamp the packet where it stamps a NIC's: when it enters the stack.
+#[classifier]
+pub fn wire_clear_departure(ctx: TcContext) -> i32 {
+    // SAFETY: the skb pointer is the program's own context; the helper only writes the
+    // skb's timestamp fields (tstamp 0, clock REALTIME = "no delivery time").
+    let _ = unsafe { bpf_skb_set_tstamp(ctx.skb.skb, 0, 0) };
+    0 // TC_ACT_OK
 }
 
 // ---- doctor: one trivial program per hook type -------------------------------------------

@@ -18,6 +18,26 @@ pub enum NetnsError {
         /// Its stderr or the OS error.
         detail: String,
     },
+    /// The probe object could not be loaded for the wire program.
+    #[error("loading the probe object for the veth wire program: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// The tc program was missing, refused by the verifier, or could not be attached.
+    #[error("tc egress program on {interface}: {detail}")]
+    Wire {
+        /// The interface it was meant for.
+        interface: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The namespace could not be entered.
+    #[error("entering network namespace {name}: {source}")]
+    Enter {
+        /// The namespace.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The host side's address.
@@ -29,6 +49,12 @@ pub const PEER_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 77, 2);
 pub struct Netns {
     name: String,
     host_if: String,
+    peer_if: String,
+}
+
+/// Keeps the wire program of [`Netns::wire_like`] attached; dropping it detaches it.
+pub struct Wire {
+    _ebpf: aya::Ebpf,
 }
 
 fn ip(args: &[&str]) -> Result<(), NetnsError> {
@@ -58,8 +84,8 @@ impl Netns {
         let ns = Netns {
             name: format!("wst-{pid}"),
             host_if: format!("wst{pid}h"),
+            peer_if: format!("wst{pid}n"),
         };
-        let peer_if = format!("wst{pid}n");
         let host = format!("{HOST_ADDR}/30");
         let peer = format!("{PEER_ADDR}/30");
         ip(&["netns", "add", &ns.name])?;
@@ -72,13 +98,13 @@ impl Netns {
             "veth",
             "peer",
             "name",
-            &peer_if,
+            &ns.peer_if,
         ])?;
-        ip(&["link", "set", &peer_if, "netns", &ns.name])?;
+        ip(&["link", "set", &ns.peer_if, "netns", &ns.name])?;
         ip(&["addr", "add", &host, "dev", &ns.host_if])?;
         ip(&["link", "set", &ns.host_if, "up"])?;
-        ip(&["-n", &ns.name, "addr", "add", &peer, "dev", &peer_if])?;
-        ip(&["-n", &ns.name, "link", "set", &peer_if, "up"])?;
+        ip(&["-n", &ns.name, "addr", "add", &peer, "dev", &ns.peer_if])?;
+        ip(&["-n", &ns.name, "link", "set", &ns.peer_if, "up"])?;
         ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -91,6 +117,44 @@ impl Netns {
     /// The host-side interface.
     pub fn host_interface(&self) -> &str {
         &self.host_if
+    }
+
+    /// Makes packets sent from inside the namespace reach the host as if off a wire.
+    ///
+    /// TCP gives each skb its departure time and a veth pair carries that stamp across,
+    /// so the host's stack skips its receive stamp at the device and takes it only at IP
+    /// local delivery (`SO_TIMESTAMPING` then measures something a NIC never shows). A tc
+    /// egress program on the inside end clears the departure time, and the host stamps
+    /// the packet when it enters the stack, as it does a NIC's. Needs root.
+    pub fn wire_like(&self) -> Result<Wire, NetnsError> {
+        let enter = self.enter_handle();
+        let name = self.name.clone();
+        let interface = self.peer_if.clone();
+        // The interface name resolves in the calling thread's namespace: attach from a
+        // thread that has entered it (the link then lives on with the returned fds).
+        std::thread::spawn(move || {
+            enter().map_err(|source| NetnsError::Enter { name, source })?;
+            let wire_err = |detail: String| NetnsError::Wire {
+                interface: interface.clone(),
+                detail,
+            };
+            let mut ebpf = aya::Ebpf::load(crate::probes::PROBES_OBJECT)?;
+            let program: &mut aya::programs::SchedClassifier = ebpf
+                .program_mut("wire_clear_departure")
+                .ok_or_else(|| wire_err("not in the probe object".into()))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| wire_err(e.to_string()))?;
+            program.load().map_err(|e| wire_err(e.to_string()))?;
+            program
+                .attach(&interface, aya::programs::TcAttachType::Egress)
+                .map_err(|e| wire_err(e.to_string()))?;
+            Ok(Wire { _ebpf: ebpf })
+        })
+        .join()
+        .map_err(|_| NetnsError::Wire {
+            interface: self.peer_if.clone(),
+            detail: "the attaching thread panicked".into(),
+        })?
     }
 
     /// A function that moves the thread calling it into the namespace (sockets it then
