@@ -6,7 +6,7 @@ use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, perf_event},
-    maps::{Array, HashMap, StackTrace},
+    maps::{Array, HashMap, PerCpuHashMap, StackTrace},
     programs::{BtfTracePointContext, PerfEventContext, tracing::StackIdContext},
 };
 use ws_abi::{
@@ -24,13 +24,15 @@ static PROFILE_CONFIG: Array<ProfileConfig> = Array::with_max_entries(1, 0);
 #[map]
 static PROFILE_STACKS: StackTrace = StackTrace::with_max_entries(PROFILE_MAX_STACKS, 0);
 
-/// On-CPU: samples per stack key.
+/// On-CPU: samples per stack key, per CPU (user space sums the CPUs).
 #[map]
-static PROFILE_COUNTS: HashMap<StackKey, u64> = HashMap::with_max_entries(PROFILE_MAX_KEYS, 0);
+static PROFILE_COUNTS: PerCpuHashMap<StackKey, u64> =
+    PerCpuHashMap::with_max_entries(PROFILE_MAX_KEYS, 0);
 
-/// Off-CPU: nanoseconds switched out per stack key.
+/// Off-CPU: nanoseconds switched out per stack key, per CPU (user space sums the CPUs).
 #[map]
-static PROFILE_OFFCPU: HashMap<StackKey, u64> = HashMap::with_max_entries(PROFILE_MAX_KEYS, 0);
+static PROFILE_OFFCPU: PerCpuHashMap<StackKey, u64> =
+    PerCpuHashMap::with_max_entries(PROFILE_MAX_KEYS, 0);
 
 /// Off-CPU: per thread id switched out, when and with which stacks.
 #[map]
@@ -47,18 +49,19 @@ fn traced(cfg: &ProfileConfig, tgid: u32) -> bool {
     tgid != 0 && (cfg.flags & PROFILE_FILTER_TGID == 0 || unsafe { TGIDS.get(tgid) }.is_some())
 }
 
-/// Adds `value` to `map[key]`, creating the entry when it is missing.
+/// Adds `value` to this CPU's `map[key]`, creating the entry when it is missing.
 #[inline(always)]
-fn add(map: &HashMap<StackKey, u64>, key: &StackKey, value: u64) {
+fn add(map: &PerCpuHashMap<StackKey, u64>, key: &StackKey, value: u64) {
     if let Some(slot) = map.get_ptr_mut(key) {
-        // SAFETY: the pointer is to a live, aligned u64 value of the map. The bpfel core has
-        // no atomic read-modify-write, so two CPUs adding to the same key at the same
-        // instant can lose one addition (rare; a count is off by one sample then).
+        // SAFETY: the pointer is to this CPU's live, aligned u64 value of the entry. Only
+        // this CPU writes it, and a program that adds (a perf sample, a sched_switch) does
+        // not run inside another run of itself on a CPU, so no addition is lost.
         unsafe { *slot += value };
     } else if map.insert(key, value, BPF_NOEXIST as u64).is_err()
         && let Some(slot) = map.get_ptr_mut(key)
     {
-        // Another CPU created the entry first (or the map is full: then nothing to add to).
+        // Another CPU created the entry first (its slot for this CPU starts at zero), or
+        // the map is full: then there is nothing to add to.
         // SAFETY: as above.
         unsafe { *slot += value };
     }

@@ -8,7 +8,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuHashMap, StackTraceMap},
     programs::{
         BtfTracePoint, PerfEvent,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
@@ -245,7 +245,7 @@ impl Loaded {
             let Some(map) = self.ebpf.map(name) else {
                 continue;
             };
-            if let Ok(counts) = HashMap::<&MapData, StackKey, u64>::try_from(map) {
+            if let Ok(counts) = PerCpuHashMap::<&MapData, StackKey, u64>::try_from(map) {
                 out.extend(counts.keys().flatten().map(|k| k.tgid));
             }
         }
@@ -297,11 +297,16 @@ impl Loaded {
 
     fn read_counts(&self, name: &'static str) -> Result<Vec<(StackKey, u64)>, ProfileError> {
         let map = self.ebpf.map(name).ok_or(ProfileError::NoMap(name))?;
-        let counts: HashMap<&MapData, StackKey, u64> =
-            HashMap::try_from(map).map_err(map_err(name))?;
+        let counts: PerCpuHashMap<&MapData, StackKey, u64> =
+            PerCpuHashMap::try_from(map).map_err(map_err(name))?;
         let mut out = Vec::new();
         // An entry deleted while iterating is skipped, not fatal.
-        out.extend(counts.iter().flatten());
+        out.extend(
+            counts
+                .iter()
+                .flatten()
+                .map(|(key, per_cpu)| (key, per_cpu.iter().sum::<u64>())),
+        );
         out.sort();
         Ok(out)
     }
