@@ -190,9 +190,12 @@ fn net_rx_events_arrive_in_order_with_plausible_contents() {
         skb_inside >= ROUNDS,
         "only {skb_inside} skbs checked against softirq state"
     );
+    if missed_exits > 0 {
+        eprintln!("{missed_exits} of {entries} softirq entries without an exit\n{summary}");
+    }
     assert!(
         missed_exits * 20 <= entries,
-        "{missed_exits} of {entries} softirq entries without an exit"
+        "{missed_exits} of {entries} softirq entries without an exit\n{summary}"
     );
 
     // Every attached probe saw events, and the kernel ran each program at least as often.
@@ -234,7 +237,9 @@ fn a_full_ring_counts_its_drops() {
         "a 4 KiB ring under 1000+ packets dropped nothing: {s}"
     );
     assert_eq!(p.events, events.len() as u64);
-    assert!(p.events + p.drops <= p.runs, "{s}");
+    // Unfiltered, every run of the program either sent its record or counted a drop: the
+    // kernel's run counter (read with BPF_OBJ_GET_INFO_BY_FD) says the same.
+    assert_eq!(p.events + p.drops, p.runs, "{s}");
     assert!(s.to_string().contains("DROPPED"), "{s}");
 }
 

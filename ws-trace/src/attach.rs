@@ -84,6 +84,8 @@ pub struct ProbeSummary {
     pub events: u64,
     /// Events lost because the ring was full.
     pub drops: u64,
+    /// Hook hits the kernel skipped because the program was already running on that CPU.
+    pub misses: u64,
     /// Times the kernel ran the program (every run, including filtered ones).
     pub runs: u64,
     /// Mean kernel run time per program run, ns (needs BPF stats).
@@ -115,6 +117,11 @@ impl Summary {
         self.probes.iter().map(|p| p.drops).sum()
     }
 
+    /// Total recursion misses over all probes.
+    pub fn total_misses(&self) -> u64 {
+        self.probes.iter().map(|p| p.misses).sum()
+    }
+
     /// The row of a probe.
     pub fn probe(&self, kind: ProbeKind) -> Option<&ProbeSummary> {
         self.probes.iter().find(|p| p.probe == kind.name())
@@ -126,8 +133,8 @@ impl fmt::Display for Summary {
         writeln!(f, "tracing {}", self.target)?;
         writeln!(
             f,
-            "{:<18} {:<9} {:>10} {:>9} {:>10} {:>11}",
-            "probe", "stage", "events", "drops", "runs", "bpf ns/run"
+            "{:<18} {:<9} {:>10} {:>9} {:>7} {:>10} {:>11}",
+            "probe", "stage", "events", "drops", "missed", "runs", "bpf ns/run"
         )?;
         for p in &self.probes {
             let ns = p
@@ -135,8 +142,8 @@ impl fmt::Display for Summary {
                 .map_or_else(|| "-".to_string(), |ns| format!("{ns:.0}"));
             writeln!(
                 f,
-                "{:<18} {:<9} {:>10} {:>9} {:>10} {:>11}",
-                p.probe, p.stage, p.events, p.drops, p.runs, ns
+                "{:<18} {:<9} {:>10} {:>9} {:>7} {:>10} {:>11}",
+                p.probe, p.stage, p.events, p.drops, p.misses, p.runs, ns
             )?;
         }
         if !self.ports.is_empty() {
@@ -152,6 +159,13 @@ impl fmt::Display for Summary {
             write!(
                 f,
                 "; {drops} events DROPPED (ring full): use a larger --ring-size"
+            )?;
+        }
+        let misses = self.total_misses();
+        if misses > 0 {
+            write!(
+                f,
+                "; {misses} hook hits MISSED (a probe was already running on that CPU)"
             )?;
         }
         if self.decode_errors > 0 {
@@ -248,15 +262,16 @@ impl Session {
             .attached()
             .iter()
             .map(|&k| {
-                let (run_time, runs) = self.probes.run_stats(k).unwrap_or_default();
+                let stats = self.probes.run_stats(k).unwrap_or_default();
                 ProbeSummary {
                     probe: k.name(),
                     stage: k.stage(),
                     events: self.counts[k as usize],
                     drops: drops[k as usize],
-                    runs,
-                    bpf_ns_per_run: (runs > 0 && !run_time.is_zero())
-                        .then(|| run_time.as_nanos() as f64 / runs as f64),
+                    misses: stats.recursion_misses,
+                    runs: stats.runs,
+                    bpf_ns_per_run: (stats.runs > 0 && !stats.run_time.is_zero())
+                        .then(|| stats.run_time.as_nanos() as f64 / stats.runs as f64),
                 }
             })
             .collect();

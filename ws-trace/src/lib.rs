@@ -15,6 +15,7 @@ pub mod export;
 pub mod privileges;
 pub mod probes;
 pub mod profile;
+pub mod progstats;
 pub mod record;
 pub mod report;
 pub mod ring;

@@ -5,9 +5,8 @@
 //! unloads every probe. Nothing is pinned.
 use std::{
     collections::BTreeSet,
-    os::fd::OwnedFd,
+    os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use aya::{
@@ -25,6 +24,7 @@ use ws_abi::{
 
 use crate::{
     btf::{Btf, BtfError},
+    progstats::ProgramStats,
     tracefs,
 };
 
@@ -468,11 +468,13 @@ impl Probes {
         Ok(out)
     }
 
-    /// Kernel-measured run time and run count of a probe's program (needs BPF stats).
-    pub fn run_stats(&self, kind: ProbeKind) -> Option<(Duration, u64)> {
+    /// The kernel's counters of a probe's program: run time and runs (needs BPF stats,
+    /// which loading turns on when it may) and recursion misses (events the probe never
+    /// saw because it was already running on that CPU).
+    pub fn run_stats(&self, kind: ProbeKind) -> Option<ProgramStats> {
         let prog = self.ebpf.program(kind.program())?;
-        let info = prog.info().ok()?;
-        Some((info.run_time(), info.run_count()))
+        let fd = prog.fd().ok()?;
+        crate::progstats::program_stats(fd.as_fd()).ok()
     }
 
     /// Forwards pending aya-log records to the `log` crate (no-op unless logging).

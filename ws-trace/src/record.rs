@@ -86,6 +86,7 @@ impl Recorder {
                     name: k.name().to_string(),
                     events,
                     drops: row.map_or(0, |r| r.drops),
+                    misses: row.map_or(0, |r| r.misses),
                 })
             })
             .collect();

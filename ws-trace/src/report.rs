@@ -19,10 +19,27 @@ pub struct LoadedTrace {
     pub events: Vec<Event>,
     /// Records that did not decode.
     pub undecodable: u64,
-    /// Per probe: events in the file and drops the footer reports.
-    pub counts: [(u64, u64); PROBE_COUNT],
+    /// Per probe: events in the file, and drops and misses the footer reports.
+    pub counts: [ProbeTally; PROBE_COUNT],
     /// The file was cut short (no footer): the session died before finishing it.
     pub truncated: bool,
+}
+
+/// One probe's events and losses in a trace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ProbeTally {
+    /// Events in the file.
+    pub events: u64,
+    /// Events lost to a full ring.
+    pub drops: u64,
+    /// Hook hits the kernel skipped (the probe was already running on that CPU).
+    pub misses: u64,
+}
+
+impl ProbeTally {
+    fn is_empty(&self) -> bool {
+        *self == ProbeTally::default()
+    }
 }
 
 /// Reads and decodes a whole trace file.
@@ -30,11 +47,11 @@ pub fn load(path: &Path) -> Result<LoadedTrace, TraceFileError> {
     let reader = TraceReader::open(path)?;
     let mut events = Vec::with_capacity(reader.record_count() as usize);
     let mut undecodable = 0;
-    let mut counts = [(0u64, 0u64); PROBE_COUNT];
+    let mut counts = [ProbeTally::default(); PROBE_COUNT];
     for raw in reader.records() {
         match decode(raw) {
             Ok(e) => {
-                counts[e.kind() as usize].0 += 1;
+                counts[e.kind() as usize].events += 1;
                 events.push(e);
             }
             Err(_) => undecodable += 1,
@@ -43,7 +60,8 @@ pub fn load(path: &Path) -> Result<LoadedTrace, TraceFileError> {
     if let Some(footer) = reader.footer() {
         for p in &footer.probes {
             if let Some(slot) = counts.get_mut(p.kind as usize) {
-                slot.1 = p.drops;
+                slot.drops = p.drops;
+                slot.misses = p.misses;
             }
         }
     }
@@ -179,8 +197,8 @@ pub struct Report {
     pub kernel: String,
     /// Host name.
     pub host: String,
-    /// Events per probe (name, events, drops).
-    pub probes: Vec<(String, u64, u64)>,
+    /// Events and losses per probe that saw any.
+    pub probes: Vec<ProbeRow>,
     /// The file was cut short.
     pub truncated: bool,
     /// Records that did not decode.
@@ -195,6 +213,16 @@ pub struct Report {
     pub per_connection: BTreeMap<u64, StageTable>,
     /// The slowest messages, in full.
     pub slowest: Vec<MessageRow>,
+}
+
+/// One probe's line in the report.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProbeRow {
+    /// The probe's name.
+    pub probe: String,
+    /// Its events and losses.
+    #[serde(flatten)]
+    pub tally: ProbeTally,
 }
 
 /// Counts of the correlation step.
@@ -234,10 +262,10 @@ impl Report {
             host: trace.header.hostname.clone(),
             probes: ProbeKind::ALL
                 .iter()
-                .filter(|k| trace.counts[**k as usize] != (0, 0))
-                .map(|k| {
-                    let (events, drops) = trace.counts[*k as usize];
-                    (k.name().to_string(), events, drops)
+                .filter(|k| !trace.counts[**k as usize].is_empty())
+                .map(|k| ProbeRow {
+                    probe: k.name().to_string(),
+                    tally: trace.counts[*k as usize],
                 })
                 .collect(),
             truncated: trace.truncated,
@@ -272,12 +300,16 @@ impl fmt::Display for Report {
         let events: Vec<String> = self
             .probes
             .iter()
-            .map(|(n, e, d)| {
-                if *d > 0 {
-                    format!("{n} {e} ({d} DROPPED)")
-                } else {
-                    format!("{n} {e}")
+            .map(|p| {
+                let t = &p.tally;
+                let mut s = format!("{} {}", p.probe, t.events);
+                match (t.drops, t.misses) {
+                    (0, 0) => {}
+                    (d, 0) => s += &format!(" ({d} DROPPED)"),
+                    (0, m) => s += &format!(" ({m} MISSED)"),
+                    (d, m) => s += &format!(" ({d} DROPPED, {m} MISSED)"),
                 }
+                s
             })
             .collect();
         writeln!(f, "events: {}", events.join(", "))?;
@@ -373,6 +405,38 @@ mod tests {
         assert_eq!(percentile(&v, 1.0), 1000);
         assert_eq!(percentile(&[7], 0.5), 7);
         assert_eq!(percentile(&[], 0.5), 0);
+    }
+
+    #[test]
+    fn losses_are_named_per_probe() {
+        let mut counts = [ProbeTally::default(); PROBE_COUNT];
+        let tally = |events, drops, misses| ProbeTally {
+            events,
+            drops,
+            misses,
+        };
+        counts[ProbeKind::NetifRx as usize] = tally(10, 0, 0);
+        counts[ProbeKind::TcpProbe as usize] = tally(8, 2, 0);
+        counts[ProbeKind::SoftirqExit as usize] = tally(5, 0, 3);
+        counts[ProbeKind::SockRecv as usize] = tally(4, 1, 1);
+        let trace = LoadedTrace {
+            header: crate::tracefile::TraceHeader::default(),
+            events: Vec::new(),
+            undecodable: 0,
+            counts,
+            truncated: false,
+        };
+        let report = Report::build(&trace, 0);
+        assert_eq!(report.probes.len(), 4);
+        let text = report.to_string();
+        for line in [
+            "netif_rx 10,",
+            "tcp_probe 8 (2 DROPPED)",
+            "softirq_exit 5 (3 MISSED)",
+            "sock_recv 4 (1 DROPPED, 1 MISSED)",
+        ] {
+            assert!(text.contains(line), "{line:?} not in\n{text}");
+        }
     }
 
     #[test]

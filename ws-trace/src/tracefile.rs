@@ -348,6 +348,9 @@ pub struct ProbeCounts {
     pub events: u64,
     /// Events it could not put in the ring buffer (the kernel-side drop counter).
     pub drops: u64,
+    /// Hook hits the kernel skipped because the program was already running on that CPU
+    /// (0 in files written before this field existed).
+    pub misses: u64,
 }
 
 /// The JSON footer at the end of a completely written trace file.
@@ -904,6 +907,7 @@ mod tests {
                     name: k.name().into(),
                     events: by_kind[k as usize],
                     drops: 3,
+                    misses: 2,
                 })
                 .collect(),
             records: 5000,

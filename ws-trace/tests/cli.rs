@@ -429,7 +429,7 @@ fn a_killed_recording_is_still_readable() {
         .as_array()
         .expect("probes")
         .iter()
-        .filter_map(|p| p[1].as_u64())
+        .filter_map(|p| p["events"].as_u64())
         .sum();
     assert!(events > 0, "no events survived the kill: {v}");
 }
