@@ -84,6 +84,12 @@ impl Btf {
         Btf::parse(data)
     }
 
+    /// The same types as aya's loader wants them, parsed from the same bytes (so the
+    /// kernel's BTF is read once for both).
+    pub fn to_aya(&self) -> Result<aya::Btf, aya::BtfError> {
+        aya::Btf::parse(&self.data, aya::Endianness::default())
+    }
+
     /// Parses raw BTF bytes (little-endian, as the kernel exposes it on x86 and arm64).
     pub fn parse(data: Vec<u8>) -> Result<Btf, BtfError> {
         let rd = |at: usize| -> Result<u32, BtfError> { read_u32(&data, at) };

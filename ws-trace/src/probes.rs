@@ -220,8 +220,9 @@ impl Probes {
         if !opts.ring_bytes.is_power_of_two() || opts.ring_bytes < 4096 {
             return Err(ProbeError::RingSize(opts.ring_bytes));
         }
-        let kernel_btf = aya::Btf::from_sys_fs()?;
-        let mut offsets = kernel_offsets(&Btf::from_sys_fs()?)?;
+        let btf = Btf::from_sys_fs()?;
+        let kernel_btf = btf.to_aya()?;
+        let mut offsets = kernel_offsets(&btf)?;
         // Classic tracepoints (the epoll probe) need tracefs; their record layout is read
         // from it. Where it cannot be read the kernel's fixed sys_exit layout stands.
         let (dir, _) = tracefs::ensure_mounted()?;

@@ -146,8 +146,9 @@ struct Loaded {
 
 impl Loaded {
     fn load(opts: &ProfileOptions, filter: bool) -> Result<Loaded, ProfileError> {
-        let kernel_btf = aya::Btf::from_sys_fs()?;
-        let offsets = crate::probes::kernel_offsets(&Btf::from_sys_fs()?)?;
+        let btf = Btf::from_sys_fs()?;
+        let kernel_btf = btf.to_aya()?;
+        let offsets = crate::probes::kernel_offsets(&btf)?;
         // The event ring of the tracing probes is not used here: keep it minimal.
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&kernel_btf))
