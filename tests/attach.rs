@@ -97,11 +97,22 @@ fn every_stage_arrives_for_the_traced_engine_client() {
         })
         .collect();
     assert_eq!(entries.len(), MESSAGES, "callback entries\n{summary}");
+    // Each exit names its message, after that message's entry on the same thread.
+    let exits: Vec<_> = of(ProbeKind::CallbackExit)
+        .filter_map(|e| match e {
+            Event::Uprobe(u) => Some(*u),
+            _ => None,
+        })
+        .collect();
     assert_eq!(
-        of(ProbeKind::CallbackExit).count(),
-        MESSAGES,
+        exits.iter().map(|u| u.value).collect::<Vec<_>>(),
+        (0..MESSAGES as u64).collect::<Vec<_>>(),
         "callback exits"
     );
+    for (entry, exit) in entries.iter().zip(&exits) {
+        assert_eq!(exit.hdr.tid, entry.hdr.tid);
+        assert!(exit.hdr.ts_ns > entry.hdr.ts_ns);
+    }
     let cookie = entries[0].probe.sock_cookie;
     assert_ne!(cookie, 0, "the engine did not report its socket cookie");
     for (i, c) in entries.iter().enumerate() {

@@ -498,10 +498,12 @@ pub fn callback_entry(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Uretprobe on the engine's probe function: the user's callback returned.
-#[uretprobe]
-pub fn callback_exit(ctx: RetProbeContext) -> u32 {
-    uprobe_hit(ctx.as_ptr(), ProbeKind::CallbackExit, ctx.ret::<u64>())
+/// Uprobe on the engine's done function: the user's callback returned; the value is the
+/// message's `msg_seq`.
+#[uprobe]
+pub fn callback_exit(ctx: ProbeContext) -> u32 {
+    let seq = ctx.arg::<u64>(0).unwrap_or(0);
+    uprobe_hit(ctx.as_ptr(), ProbeKind::CallbackExit, seq)
 }
 
 /// Uprobe on a user-chosen symbol.

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ws_abi::{ENGINE_PROBE_SYMBOL, PROBE_COUNT, ProbeKind};
+use ws_abi::{ENGINE_DONE_SYMBOL, ENGINE_PROBE_SYMBOL, PROBE_COUNT, ProbeKind};
 
 use crate::{
     decode::Event,
@@ -38,7 +38,7 @@ pub struct Plan {
     pub load: LoadOptions,
     /// Kernel probes to attach.
     pub kinds: Vec<ProbeKind>,
-    /// Binaries whose engine probe function gets the callback uprobe and uretprobe.
+    /// Binaries whose engine probe and done functions get the callback uprobes.
     pub engine_binaries: Vec<PathBuf>,
     /// User-chosen uprobes: binary and symbol exactly as in its symbol table.
     pub user_uprobes: Vec<(PathBuf, String)>,
@@ -193,17 +193,23 @@ impl Session {
         probes.attach_all(&plan.kinds)?;
         let mut notes = probes.notes().to_vec();
         for (i, binary) in plan.engine_binaries.iter().enumerate() {
-            let target = UprobeTarget {
+            let target = |symbol: &str| UprobeTarget {
                 binary: binary.clone(),
-                symbol: ENGINE_PROBE_SYMBOL.to_string(),
+                symbol: symbol.to_string(),
                 cookie: i as u64,
             };
-            let placed = probes
-                .attach_uprobe(ProbeKind::CallbackEntry, &target)
-                .and_then(|()| probes.attach_uprobe(ProbeKind::CallbackExit, &target));
-            if let Err(e) = placed {
+            if let Err(e) =
+                probes.attach_uprobe(ProbeKind::CallbackEntry, &target(ENGINE_PROBE_SYMBOL))
+            {
                 notes.push(format!(
                     "{}: no ws-engine probe function ({e}); callback stages unavailable",
+                    binary.display()
+                ));
+            } else if let Err(e) =
+                probes.attach_uprobe(ProbeKind::CallbackExit, &target(ENGINE_DONE_SYMBOL))
+            {
+                notes.push(format!(
+                    "{}: no {ENGINE_DONE_SYMBOL} ({e}: a ws-engine older than ABI 5?); callback ends unavailable",
                     binary.display()
                 ));
             }

@@ -45,7 +45,7 @@ pub enum Stamp {
     Parsed,
     /// The user's callback was entered (uprobe).
     Callback,
-    /// The user's callback returned (uretprobe).
+    /// The user's callback returned (uprobe on the engine's done function).
     CallbackDone,
 }
 

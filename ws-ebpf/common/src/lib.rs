@@ -10,13 +10,22 @@
 #![deny(missing_docs)]
 
 /// Version of the record layouts below. Bump it when any layout changes.
-pub const ABI_VERSION: u32 = 4;
+/// (5: the callback's end is a uprobe on [`ENGINE_DONE_SYMBOL`], not a uretprobe.)
+pub const ABI_VERSION: u32 = 5;
 
 /// Name of the engine's probe function (an `extern "C"` symbol, never inlined).
 ///
-/// Its first argument is a `*const MsgProbe`; a uprobe on it reads the struct and
-/// its uretprobe marks the end of the user's callback.
+/// Its first argument is a `*const MsgProbe`; a uprobe on it reads the struct. On x86-64
+/// its first instruction is a 5-byte nop, which the kernel turns into a call to its
+/// uprobe trampoline instead of a breakpoint trap.
 pub const ENGINE_PROBE_SYMBOL: &str = "ws_engine_on_message";
+
+/// Name of the function the engine calls when the user's callback has returned, with
+/// the message's `msg_seq` as its argument (also a 5-byte nop first on x86-64).
+///
+/// A uprobe there marks the end of the callback; a uretprobe on [`ENGINE_PROBE_SYMBOL`]
+/// would cost a second trap per message.
+pub const ENGINE_DONE_SYMBOL: &str = "ws_engine_message_done";
 
 /// `NET_RX_SOFTIRQ` in the kernel's softirq vector numbering.
 pub const NET_RX_SOFTIRQ: u32 = 3;
@@ -50,7 +59,7 @@ pub enum ProbeKind {
     SockRecv = 10,
     /// Uprobe on the engine's probe function: a message is handed to the callback.
     CallbackEntry = 11,
-    /// Uretprobe on the engine's probe function: the callback returned.
+    /// Uprobe on the engine's done function: the callback returned.
     CallbackExit = 12,
     /// Uprobe on a user-chosen `BINARY:SYMBOL`.
     UserEntry = 13,
@@ -183,8 +192,10 @@ impl ProbeKind {
                 ],
             ),
             ProbeKind::SockRecv => Hook::TpBtf("sock_recv_length"),
-            ProbeKind::CallbackEntry | ProbeKind::UserEntry => Hook::Uprobe,
-            ProbeKind::CallbackExit | ProbeKind::UserExit => Hook::Uretprobe,
+            ProbeKind::CallbackEntry | ProbeKind::CallbackExit | ProbeKind::UserEntry => {
+                Hook::Uprobe
+            }
+            ProbeKind::UserExit => Hook::Uretprobe,
             ProbeKind::ProcessFork => Hook::TpBtf("sched_process_fork"),
         }
     }
@@ -395,7 +406,8 @@ pub struct UprobeEvent {
     pub hdr: EventHeader,
     /// Attach cookie: index of the `--uprobe` (or binary) this came from.
     pub attach: u64,
-    /// First argument (entry) or return value (exit).
+    /// First argument (entry probes, and callback exit: the message's `msg_seq`) or
+    /// return value (user exit probes).
     pub value: u64,
 }
 
