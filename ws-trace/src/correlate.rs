@@ -283,7 +283,8 @@ pub fn correlate(events: &[Event]) -> Correlation {
     let mut wakeups: HashMap<u32, Series<SchedEvent>> = HashMap::new();
     let mut switch_ins: HashMap<u32, Series<SchedEvent>> = HashMap::new();
     let mut epolls: HashMap<u32, Series<()>> = HashMap::new();
-    let mut exits: HashMap<u32, Series<()>> = HashMap::new();
+    // Callback exits by (thread, msg_seq): the engine's done function names its message.
+    let mut exits: HashMap<(u32, u64), Series<()>> = HashMap::new();
     let mut callbacks: Vec<CallbackEvent> = Vec::new();
     for e in events {
         let h = e.header();
@@ -307,7 +308,9 @@ pub fn correlate(events: &[Event]) -> Correlation {
                 series_push(&mut switch_ins, s.next_tid, h.ts_ns, *s)
             }
             (ProbeKind::EpollExit, _) => series_push(&mut epolls, h.tid, h.ts_ns, ()),
-            (ProbeKind::CallbackExit, _) => series_push(&mut exits, h.tid, h.ts_ns, ()),
+            (ProbeKind::CallbackExit, Event::Uprobe(u)) => {
+                series_push(&mut exits, (h.tid, u.value), h.ts_ns, ())
+            }
             (ProbeKind::CallbackEntry, Event::Callback(c)) => callbacks.push(*c),
             _ => {}
         }
@@ -330,9 +333,8 @@ pub fn correlate(events: &[Event]) -> Correlation {
     for m in [&mut wakeups, &mut switch_ins] {
         m.values_mut().for_each(Series::sort);
     }
-    for m in [&mut epolls, &mut exits] {
-        m.values_mut().for_each(Series::sort);
-    }
+    epolls.values_mut().for_each(Series::sort);
+    exits.values_mut().for_each(Series::sort);
     callbacks.sort_by_key(|c| c.hdr.ts_ns);
 
     let mut out = Correlation {
@@ -351,7 +353,7 @@ pub fn correlate(events: &[Event]) -> Correlation {
             out.engine_clock_error_ns = out.engine_clock_error_ns.max(Some(p.clock_error_ns));
         }
         let Some((exit_ts, ())) = exits
-            .get(&tid)
+            .get(&(tid, p.msg_seq))
             .and_then(|s| s.first_within(entry, u64::MAX))
         else {
             out.unjoined.no_exit += 1;
