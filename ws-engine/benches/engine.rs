@@ -10,37 +10,23 @@
 //! CLOCK_THREAD_CPUTIME_ID of that thread is the client's CPU time. Peers take turns run
 //! after run; medians are reported.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use common::{
+    Args, Sample, accept_upgrade, blast, close_and_drain, engine_receive, on_current_thread,
+    parse_args, print_table, server_frame, take_turns, thread_cpu_ns, tungstenite_receive,
+};
 use ws_engine::decoder::{Decoded, Decoder, Limits};
-use ws_engine::frame::{MAX_HEADER, OpCode, encode_header};
-use ws_engine::handshake::accept_key;
+use ws_engine::frame::OpCode;
 use ws_engine::stamps::percentiles;
-use ws_engine::{ConnConfig, ConnCtx, EventLoop, Handler, LoopConfig, Message};
+use ws_engine::{ConnConfig, EventLoop, LoopConfig};
 
 const PEERS: [&str; 3] = ["ws-engine", "tokio-tungstenite", "fastwebsockets"];
-
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid timespec pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn server_frame(op: OpCode, payload: &[u8]) -> Vec<u8> {
-    let mut h = [0u8; MAX_HEADER];
-    let n = encode_header(&mut h, true, op, payload.len(), None);
-    let mut v = h[..n].to_vec();
-    v.extend_from_slice(payload);
-    v
-}
 
 /// Reads one complete client frame (or fails).
 fn read_client_frame(s: &mut TcpStream, buf: &mut Vec<u8>, dec: &mut Decoder) -> Option<usize> {
@@ -72,28 +58,7 @@ fn serve(mode: Mode) -> (SocketAddr, JoinHandle<()>) {
         let Ok((mut s, _)) = l.accept() else { return };
         let _ = s.set_nodelay(true);
         let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-        let mut req = Vec::new();
-        let mut b = [0u8; 1];
-        while !req.ends_with(b"\r\n\r\n") {
-            if s.read(&mut b).unwrap_or(0) != 1 {
-                return;
-            }
-            req.push(b[0]);
-        }
-        let req = String::from_utf8_lossy(&req).to_string();
-        let key = req
-            .lines()
-            .find_map(|l| {
-                let (n, v) = l.split_once(':')?;
-                n.eq_ignore_ascii_case("sec-websocket-key")
-                    .then(|| v.trim().to_string())
-            })
-            .unwrap_or_default();
-        let resp = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-            accept_key(&key)
-        );
-        if s.write_all(resp.as_bytes()).is_err() {
+        if !accept_upgrade(&mut s) {
             return;
         }
         let mut dec = Decoder::new_server(Limits::default());
@@ -104,17 +69,7 @@ fn serve(mode: Mode) -> (SocketAddr, JoinHandle<()>) {
         }
         match mode {
             Mode::Blast { size, n } => {
-                let f = server_frame(OpCode::Binary, &vec![0x5A; size]);
-                let per_chunk = (256 * 1024 / f.len()).max(1);
-                let chunk: Vec<u8> = f.repeat(per_chunk);
-                let mut left = n;
-                while left >= per_chunk as u64 {
-                    if s.write_all(&chunk).is_err() {
-                        return;
-                    }
-                    left -= per_chunk as u64;
-                }
-                if s.write_all(&f.repeat(left as usize)).is_err() {
+                if !blast(&mut s, size, n) {
                     return;
                 }
             }
@@ -130,40 +85,9 @@ fn serve(mode: Mode) -> (SocketAddr, JoinHandle<()>) {
                 }
             }
         }
-        let _ = s.write_all(&server_frame(OpCode::Close, &1000u16.to_be_bytes()));
-        // Drain until the client goes away.
-        let mut tmp = [0u8; 4096];
-        while matches!(s.read(&mut tmp), Ok(n) if n > 0) {}
+        close_and_drain(&mut s);
     });
     (addr, h)
-}
-
-/// One measured run: messages, wall ns, client CPU ns.
-struct Sample {
-    wall_ns: u64,
-    cpu_ns: u64,
-}
-
-struct EngineCounter {
-    n: u64,
-    bad: u64,
-    size: usize,
-    echo: bool,
-}
-
-impl Handler for EngineCounter {
-    fn on_message(&mut self, conn: &mut ConnCtx<'_>, msg: Message<'_>) {
-        self.n += 1;
-        if msg.data.len() != self.size {
-            self.bad += 1;
-        }
-        if self.echo {
-            let _ = conn.send_binary(msg.data);
-        }
-    }
-    fn on_established(&mut self, conn: &mut ConnCtx<'_>) {
-        let _ = conn.send_binary(b"start");
-    }
 }
 
 fn run_engine(
@@ -192,42 +116,12 @@ fn run_engine(
         },
     )
     .map_err(|e| e.to_string())?;
-    let mut h = EngineCounter {
-        n: 0,
-        bad: 0,
-        size,
-        echo,
-    };
-    let t0 = Instant::now();
-    let c0 = thread_cpu_ns();
-    while h.n < n {
-        el.poll(&mut h, Some(Duration::from_secs(5)))
-            .map_err(|e| e.to_string())?;
-        if el.is_empty() {
-            return Err(format!("ws-engine: connection ended after {} msgs", h.n));
-        }
-    }
-    let s = Sample {
-        wall_ns: t0.elapsed().as_nanos() as u64,
-        cpu_ns: thread_cpu_ns() - c0,
-    };
-    if h.bad != 0 {
-        return Err(format!("ws-engine: {} messages of the wrong size", h.bad));
-    }
-    let recs = el.stamp_log().records().to_vec();
-    drop(el);
-    let _ = srv.join();
-    Ok((s, recs))
+    engine_receive(el, srv, size, n, echo)
 }
 
 fn run_tungstenite(size: usize, n: u64) -> Result<Sample, String> {
     let (addr, srv) = serve(Mode::Blast { size, n });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let r = rt.block_on(async move {
-        use tokio_tungstenite::tungstenite::Message as M;
+    on_current_thread(srv, async move {
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| e.to_string())?;
@@ -235,52 +129,27 @@ fn run_tungstenite(size: usize, n: u64) -> Result<Sample, String> {
         let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/"), tcp)
             .await
             .map_err(|e| e.to_string())?;
-        let t0 = Instant::now();
-        let c0 = thread_cpu_ns();
-        ws.send(M::Binary(b"start".to_vec().into()))
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut got = 0u64;
-        while got < n {
-            match ws.next().await {
-                Some(Ok(M::Binary(b))) => {
-                    if b.len() != size {
-                        return Err("tokio-tungstenite: wrong size".to_string());
-                    }
-                    got += 1;
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.to_string()),
-                None => return Err(format!("tokio-tungstenite: ended after {got}")),
-            }
-        }
-        Ok(Sample {
-            wall_ns: t0.elapsed().as_nanos() as u64,
-            cpu_ns: thread_cpu_ns() - c0,
-        })
-    });
-    drop(rt);
-    let _ = srv.join();
-    r
+        tungstenite_receive(&mut ws, size, n).await
+    })
 }
 
 fn run_fastwebsockets(size: usize, n: u64) -> Result<Sample, String> {
     let (addr, srv) = serve(Mode::Blast { size, n });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let r = rt.block_on(async move {
+    on_current_thread(srv, async move {
         use fastwebsockets::{Frame, OpCode as FOp, Payload, Role, WebSocket};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let mut tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
         tcp.set_nodelay(true).map_err(|e| e.to_string())?;
         // fastwebsockets' own client handshake needs hyper; do the upgrade by hand (the
         // server sends nothing after the 101 until our first frame).
         let req = format!(
             "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
-        tcp.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+        tcp.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut head = Vec::new();
         let mut b = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
@@ -316,47 +185,16 @@ fn run_fastwebsockets(size: usize, n: u64) -> Result<Sample, String> {
             wall_ns: t0.elapsed().as_nanos() as u64,
             cpu_ns: thread_cpu_ns() - c0,
         })
-    });
-    drop(rt);
-    let _ = srv.join();
-    r
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+    })
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut json: Option<String> = None;
-    let mut runs = 5usize;
-    let mut quick = false;
-    let mut only: Option<usize> = None;
-    let mut i = 0;
-    while i < args.len() {
-        match args[i].as_str() {
-            "--json" => {
-                json = args.get(i + 1).cloned();
-                i += 1;
-            }
-            "--runs" => {
-                runs = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(runs);
-                i += 1;
-            }
-            "--quick" => quick = true,
-            "--size" => {
-                only = args.get(i + 1).and_then(|s| s.parse().ok());
-                i += 1;
-            }
-            // cargo passes --bench; anything else is ignored too.
-            _ => {}
-        }
-        i += 1;
-    }
-    if quick {
-        runs = runs.min(3);
-    }
+    let Args {
+        json,
+        runs,
+        quick,
+        size: only,
+    } = parse_args(true);
     let cal = ws_engine::clock::Clock::global().calibration();
     println!(
         "clock: {:?}, TSC {:.3} GHz, calibration error {} ns",
@@ -372,52 +210,13 @@ fn main() {
         if only.is_some_and(|o| o != size) {
             continue;
         }
-        let mut rate: [Vec<f64>; 3] = Default::default();
-        let mut cpu: [Vec<f64>; 3] = Default::default();
-        for run in 0..runs {
-            for (p, peer) in PEERS.iter().enumerate() {
-                let r = match p {
-                    0 => run_engine(Mode::Blast { size, n }, 0).map(|(s, _)| s),
-                    1 => run_tungstenite(size, n),
-                    _ => run_fastwebsockets(size, n),
-                };
-                match r {
-                    Ok(s) => {
-                        rate[p].push(n as f64 * 1e9 / s.wall_ns as f64);
-                        cpu[p].push(s.cpu_ns as f64 / n as f64);
-                    }
-                    Err(e) => {
-                        eprintln!("{peer} {size} B run {run}: {e}");
-                        std::process::exit(1);
-                    }
-                }
-            }
-        }
-        let mr = [
-            median(&mut rate[0]),
-            median(&mut rate[1]),
-            median(&mut rate[2]),
-        ];
-        let mc = [
-            median(&mut cpu[0]),
-            median(&mut cpu[1]),
-            median(&mut cpu[2]),
-        ];
+        let (mr, mc) = take_turns(&PEERS, size, n, runs, |p| match p {
+            0 => run_engine(Mode::Blast { size, n }, 0).map(|(s, _)| s),
+            1 => run_tungstenite(size, n),
+            _ => run_fastwebsockets(size, n),
+        });
         println!("\n{size} B messages, {n} per run, median of {runs} runs:");
-        println!("{:<20} {:>14} {:>16}", "peer", "msgs/s", "CPU ns/msg");
-        for (p, peer) in PEERS.iter().enumerate() {
-            println!("{peer:<20} {:>14.0} {:>16.1}", mr[p], mc[p]);
-        }
-        println!(
-            "ratio ws-engine / tokio-tungstenite: {:.2}x msgs/s, {:.2}x less CPU",
-            mr[0] / mr[1],
-            mc[1] / mc[0]
-        );
-        println!(
-            "ratio ws-engine / fastwebsockets:    {:.2}x msgs/s, {:.2}x less CPU",
-            mr[0] / mr[2],
-            mc[2] / mc[0]
-        );
+        print_table(&PEERS, &mr, &mc);
         results.push((size, mr, mc));
     }
     // Library overhead: one message per read (the server waits for each echo), so

@@ -13,40 +13,25 @@
 //! and the socket take them. Clients run on the main thread (tokio on a current-thread
 //! runtime), so CLOCK_THREAD_CPUTIME_ID is the client's CPU. Peers alternate run by run.
 
+mod common;
+
 use std::collections::HashSet;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use ws_engine::frame::{MAX_HEADER, OpCode, encode_header};
-use ws_engine::handshake::accept_key;
+use common::{
+    Args, Sample, accept_upgrade, blast, close_and_drain, engine_receive, median,
+    on_current_thread, parse_args, print_table, take_turns, tungstenite_receive,
+};
 use ws_engine::stamps::StampRecord;
 use ws_engine::testca::TestCa;
-use ws_engine::{ConnConfig, ConnCtx, EventLoop, Handler, LoopConfig, Message, TlsPath};
+use ws_engine::{ConnConfig, EventLoop, LoopConfig, TlsPath};
 
 const PEERS: [&str; 2] = ["ws-engine", "tokio-tungstenite"];
-
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid timespec pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn server_frame(op: OpCode, payload: &[u8]) -> Vec<u8> {
-    let mut h = [0u8; MAX_HEADER];
-    let n = encode_header(&mut h, true, op, payload.len(), None);
-    let mut v = h[..n].to_vec();
-    v.extend_from_slice(payload);
-    v
-}
 
 /// One TLS connection: upgrade, wait for a client frame, blast `n` frames of `size`.
 fn serve(tls: Arc<rustls::ServerConfig>, size: usize, n: u64) -> (SocketAddr, JoinHandle<()>) {
@@ -60,31 +45,7 @@ fn serve(tls: Arc<rustls::ServerConfig>, size: usize, n: u64) -> (SocketAddr, Jo
             return;
         };
         let mut s = rustls::StreamOwned::new(conn, tcp);
-        let mut req = Vec::new();
-        let mut b = [0u8; 1];
-        while !req.ends_with(b"\r\n\r\n") {
-            if s.read(&mut b).unwrap_or(0) != 1 {
-                return;
-            }
-            req.push(b[0]);
-        }
-        let req = String::from_utf8_lossy(&req).to_string();
-        let key = req
-            .lines()
-            .find_map(|l| {
-                let (n, v) = l.split_once(':')?;
-                n.eq_ignore_ascii_case("sec-websocket-key")
-                    .then(|| v.trim().to_string())
-            })
-            .unwrap_or_default();
-        let resp = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-            accept_key(&key)
-        );
-        if s.write_all(resp.as_bytes())
-            .and_then(|()| s.flush())
-            .is_err()
-        {
+        if !accept_upgrade(&mut s) {
             return;
         }
         // The client's "start" frame (masked, 5 bytes payload: 2 + 4 + 5 bytes).
@@ -92,48 +53,12 @@ fn serve(tls: Arc<rustls::ServerConfig>, size: usize, n: u64) -> (SocketAddr, Jo
         if s.read_exact(&mut start).is_err() {
             return;
         }
-        let f = server_frame(OpCode::Binary, &vec![0x5A; size]);
-        let per_chunk = (256 * 1024 / f.len()).max(1);
-        let chunk: Vec<u8> = f.repeat(per_chunk);
-        let mut left = n;
-        while left >= per_chunk as u64 {
-            if s.write_all(&chunk).is_err() {
-                return;
-            }
-            left -= per_chunk as u64;
-        }
-        if s.write_all(&f.repeat(left as usize)).is_err() {
+        if !blast(&mut s, size, n) {
             return;
         }
-        let _ = s.write_all(&server_frame(OpCode::Close, &1000u16.to_be_bytes()));
-        let _ = s.flush();
-        let mut tmp = [0u8; 4096];
-        while matches!(s.read(&mut tmp), Ok(n) if n > 0) {}
+        close_and_drain(&mut s);
     });
     (addr, h)
-}
-
-struct Sample {
-    wall_ns: u64,
-    cpu_ns: u64,
-}
-
-struct Counter {
-    n: u64,
-    bad: u64,
-    size: usize,
-}
-
-impl Handler for Counter {
-    fn on_message(&mut self, _conn: &mut ConnCtx<'_>, msg: Message<'_>) {
-        self.n += 1;
-        if msg.data.len() != self.size {
-            self.bad += 1;
-        }
-    }
-    fn on_established(&mut self, conn: &mut ConnCtx<'_>) {
-        let _ = conn.send_binary(b"start");
-    }
 }
 
 struct Env {
@@ -161,38 +86,14 @@ fn run_engine(
         .connect(&format!("wss://{addr}/"), &cfg)
         .map_err(|e| e.to_string())?;
     let path = el.tls_path(id).unwrap_or(TlsPath::None);
-    let mut h = Counter { n: 0, bad: 0, size };
-    let t0 = Instant::now();
-    let c0 = thread_cpu_ns();
-    while h.n < n {
-        el.poll(&mut h, Some(Duration::from_secs(5)))
-            .map_err(|e| e.to_string())?;
-        if el.is_empty() {
-            return Err(format!("ws-engine: connection ended after {} msgs", h.n));
-        }
-    }
-    let s = Sample {
-        wall_ns: t0.elapsed().as_nanos() as u64,
-        cpu_ns: thread_cpu_ns() - c0,
-    };
-    if h.bad != 0 {
-        return Err(format!("ws-engine: {} messages of the wrong size", h.bad));
-    }
-    let recs = el.stamp_log().records().to_vec();
-    drop(el);
-    let _ = srv.join();
+    let (s, recs) = engine_receive(el, srv, size, n, false)?;
     Ok((s, recs, path))
 }
 
 fn run_tungstenite(env: &Env, size: usize, n: u64) -> Result<Sample, String> {
     let (addr, srv) = serve(env.server.clone(), size, n);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
     let client = env.client.clone();
-    let r = rt.block_on(async move {
-        use tokio_tungstenite::tungstenite::Message as M;
+    on_current_thread(srv, async move {
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| e.to_string())?;
@@ -207,33 +108,8 @@ fn run_tungstenite(env: &Env, size: usize, n: u64) -> Result<Sample, String> {
         let (mut ws, _) = tokio_tungstenite::client_async(format!("wss://{addr}/"), tls)
             .await
             .map_err(|e| e.to_string())?;
-        let t0 = Instant::now();
-        let c0 = thread_cpu_ns();
-        ws.send(M::Binary(b"start".to_vec().into()))
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut got = 0u64;
-        while got < n {
-            match ws.next().await {
-                Some(Ok(M::Binary(b))) => {
-                    if b.len() != size {
-                        return Err("tokio-tungstenite: wrong size".to_string());
-                    }
-                    got += 1;
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.to_string()),
-                None => return Err(format!("tokio-tungstenite: ended after {got}")),
-            }
-        }
-        Ok(Sample {
-            wall_ns: t0.elapsed().as_nanos() as u64,
-            cpu_ns: thread_cpu_ns() - c0,
-        })
-    });
-    drop(rt);
-    let _ = srv.join();
-    r
+        tungstenite_receive(&mut ws, size, n).await
+    })
 }
 
 /// Decrypt stage per KiB of plaintext: each read counted once (messages completed by the
@@ -255,36 +131,10 @@ fn decrypt_ns_per_kib(recs: &[StampRecord]) -> Option<f64> {
     (bytes > 0).then(|| ns as f64 / (bytes as f64 / 1024.0))
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
-}
-
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut json: Option<String> = None;
-    let mut runs = 5usize;
-    let mut quick = false;
-    let mut i = 0;
-    while i < args.len() {
-        match args[i].as_str() {
-            "--json" => {
-                json = args.get(i + 1).cloned();
-                i += 1;
-            }
-            "--runs" => {
-                runs = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(runs);
-                i += 1;
-            }
-            "--quick" => quick = true,
-            // cargo passes --bench; anything else is ignored too.
-            _ => {}
-        }
-        i += 1;
-    }
-    if quick {
-        runs = runs.min(3);
-    }
+    let Args {
+        json, runs, quick, ..
+    } = parse_args(false);
     let ca = TestCa::new().expect("test CA");
     let ca_file =
         std::env::temp_dir().join(format!("ws-engine-bench-tls-{}.pem", std::process::id()));
@@ -316,46 +166,22 @@ fn main() {
         (64usize, if quick { 100_000u64 } else { 400_000 }),
         (16384, if quick { 10_000 } else { 40_000 }),
     ] {
-        let mut rate: [Vec<f64>; 2] = Default::default();
-        let mut cpu: [Vec<f64>; 2] = Default::default();
-        for run in 0..runs {
-            for (p, peer) in PEERS.iter().enumerate() {
-                let r = if p == 0 {
-                    let log = if size == 16384 { n as usize } else { 0 };
-                    run_engine(&env, size, n, log).map(|(s, recs, tp)| {
-                        path = tp;
-                        if let Some(d) = decrypt_ns_per_kib(&recs) {
-                            decrypt.push(d);
-                        }
-                        s
-                    })
-                } else {
-                    run_tungstenite(&env, size, n)
-                };
-                match r {
-                    Ok(s) => {
-                        rate[p].push(n as f64 * 1e9 / s.wall_ns as f64);
-                        cpu[p].push(s.cpu_ns as f64 / n as f64);
+        let (mr, mc) = take_turns(&PEERS, size, n, runs, |p| {
+            if p == 0 {
+                let log = if size == 16384 { n as usize } else { 0 };
+                run_engine(&env, size, n, log).map(|(s, recs, tp)| {
+                    path = tp;
+                    if let Some(d) = decrypt_ns_per_kib(&recs) {
+                        decrypt.push(d);
                     }
-                    Err(e) => {
-                        eprintln!("{peer} {size} B run {run}: {e}");
-                        std::process::exit(1);
-                    }
-                }
+                    s
+                })
+            } else {
+                run_tungstenite(&env, size, n)
             }
-        }
-        let mr = [median(&mut rate[0]), median(&mut rate[1])];
-        let mc = [median(&mut cpu[0]), median(&mut cpu[1])];
+        });
         println!("\n{size} B messages over TLS, {n} per run, median of {runs} runs:");
-        println!("{:<20} {:>14} {:>16}", "peer", "msgs/s", "CPU ns/msg");
-        for (p, peer) in PEERS.iter().enumerate() {
-            println!("{peer:<20} {:>14.0} {:>16.1}", mr[p], mc[p]);
-        }
-        println!(
-            "ratio ws-engine / tokio-tungstenite: {:.2}x msgs/s, {:.2}x less CPU",
-            mr[0] / mr[1],
-            mc[1] / mc[0]
-        );
+        print_table(&PEERS, &mr, &mc);
         out_sizes.push((size, mr));
     }
     let d = median(&mut decrypt);

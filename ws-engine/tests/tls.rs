@@ -3,12 +3,16 @@
 //! OpenSSL, certificate and handshake failures, a forged record, and kTLS where the kernel
 //! has it (the one test allowed to skip, and it says why).
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{
+    MixedCheck, have_python, python_server_script, read_request, response_for, start_python_server,
+};
 use rustls::crypto::ring::cipher_suite as cs;
 use rustls::{CertificateError, SupportedCipherSuite};
 use ws_engine::server::{Feed, FeedServer, Payload};
@@ -253,6 +257,13 @@ fn connect_err(url: &str, cfg: &ConnConfig) -> ConnError {
     }
 }
 
+/// A listener on a free loopback port, and the wss:// URL that reaches it.
+fn listen() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("wss://{}/feed", l.local_addr().expect("addr"));
+    (l, url)
+}
+
 fn small_feed() -> Feed {
     Feed {
         count: 1,
@@ -330,8 +341,7 @@ fn expired_certificate_is_a_certificate_error() {
 /// The server reads the ClientHello and hangs up.
 #[test]
 fn server_closing_mid_handshake_is_a_clear_error() {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("wss://{}/feed", l.local_addr().expect("addr"));
+    let (l, url) = listen();
     let h = std::thread::spawn(move || {
         let (mut s, _) = l.accept().expect("accept");
         let mut hello = [0u8; 5];
@@ -351,8 +361,7 @@ fn server_closing_mid_handshake_is_a_clear_error() {
 /// The server reads the ClientHello and never answers: the handshake timeout ends it.
 #[test]
 fn server_stalling_mid_handshake_times_out() {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("wss://{}/feed", l.local_addr().expect("addr"));
+    let (l, url) = listen();
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let h = std::thread::spawn(move || {
         let (mut s, _) = l.accept().expect("accept");
@@ -379,8 +388,7 @@ fn server_stalling_mid_handshake_times_out() {
 fn forged_record_is_rejected() {
     let ca = TestCa::new().expect("CA");
     let server_cfg = ca.server_config(&NAMES).expect("cfg");
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("wss://{}/feed", l.local_addr().expect("addr"));
+    let (l, url) = listen();
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let srv = std::thread::spawn(move || {
         let (tcp, _) = l.accept().expect("accept");
@@ -404,39 +412,55 @@ fn forged_record_is_rejected() {
     assert!(h.errors[0].contains("bad_record_mac"), "{:?}", h.errors);
 }
 
-type ServerStream = rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>;
+type ServerStream<S = std::net::TcpStream> = rustls::StreamOwned<rustls::ServerConnection, S>;
 
-/// Server side of TLS + the WebSocket upgrade, by hand.
+/// Server side of TLS + the WebSocket upgrade, by hand, on an accepted socket.
 fn tls_upgrade(
     cfg: std::sync::Arc<rustls::ServerConfig>,
     tcp: std::net::TcpStream,
 ) -> ServerStream {
     tcp.set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
+    tls_upgrade_over(cfg, tcp)
+}
+
+/// [`tls_upgrade`] over any transport (its socket options set by the caller).
+fn tls_upgrade_over<S: Read + Write>(
+    cfg: std::sync::Arc<rustls::ServerConfig>,
+    sock: S,
+) -> ServerStream<S> {
     let conn = rustls::ServerConnection::new(cfg).expect("conn");
-    let mut s = rustls::StreamOwned::new(conn, tcp);
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).expect("request");
-        head.push(b[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_string();
-    let key = head
-        .lines()
-        .find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case("sec-websocket-key")
-                .then(|| v.trim().to_string())
-        })
-        .expect("key");
-    let resp = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-        ws_engine::handshake::accept_key(&key)
-    );
-    s.write_all(resp.as_bytes()).expect("101");
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    let req = read_request(&mut s);
+    s.write_all(&response_for(&req, "")).expect("101");
     s.flush().expect("flush");
     s
+}
+
+/// Writes `count` binary frames of 300 bytes, each starting with its index (from `first`,
+/// 8 bytes little-endian): what `Feedcheck { size: 300, .. }` checks.
+fn write_indexed<W: Write>(s: &mut W, first: u64, count: u64) {
+    for i in first..first + count {
+        let mut data = vec![0u8; 300];
+        data[..8].copy_from_slice(&i.to_le_bytes());
+        s.write_all(&ws_engine::server::frame(
+            ws_engine::frame::OpCode::Binary,
+            &data,
+        ))
+        .expect("frame");
+    }
+}
+
+/// Sends a close (1000), then waits for the client's answer (or its end).
+fn close_and_wait<S: Read + Write>(s: &mut S) {
+    s.write_all(&ws_engine::server::frame(
+        ws_engine::frame::OpCode::Close,
+        &1000u16.to_be_bytes(),
+    ))
+    .expect("close");
+    s.flush().expect("flush");
+    let mut tmp = [0u8; 256];
+    let _ = s.read(&mut tmp);
 }
 
 /// The server sends TLS 1.3 KeyUpdates (asking for ours) between batches: the client
@@ -452,23 +476,12 @@ fn key_update_mid_stream_rekeys_both_directions() {
         .expect("cert")
         .server_config(&[&rustls::version::TLS13], None)
         .expect("cfg");
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("wss://{}/feed", l.local_addr().expect("addr"));
+    let (l, url) = listen();
     let srv = std::thread::spawn(move || -> String {
         let (tcp, _) = l.accept().expect("accept");
         let mut s = tls_upgrade(server_cfg, tcp);
-        let mut i = 0u64;
-        for _ in 0..ROUNDS {
-            for _ in 0..PER {
-                let mut data = vec![0u8; 300];
-                data[..8].copy_from_slice(&i.to_le_bytes());
-                s.write_all(&ws_engine::server::frame(
-                    ws_engine::frame::OpCode::Binary,
-                    &data,
-                ))
-                .expect("frame");
-                i += 1;
-            }
+        for round in 0..ROUNDS {
+            write_indexed(&mut s, round * PER, PER);
             s.flush().expect("flush");
             s.conn.refresh_traffic_keys().expect("key update");
         }
@@ -489,14 +502,7 @@ fn key_update_mid_stream_rekeys_both_directions() {
             assert!(n > 0, "client closed before replying");
             buf.extend_from_slice(&tmp[..n]);
         };
-        s.write_all(&ws_engine::server::frame(
-            ws_engine::frame::OpCode::Close,
-            &1000u16.to_be_bytes(),
-        ))
-        .expect("close");
-        s.flush().expect("flush");
-        let mut tmp = [0u8; 256];
-        let _ = s.read(&mut tmp);
+        close_and_wait(&mut s);
         text
     });
     struct Reply(Feedcheck);
@@ -571,8 +577,7 @@ fn userspace_read_end_counts_ciphertext_socket_bytes() {
             .expect("cert")
             .server_config(&[versions], None)
             .expect("cfg");
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let url = format!("wss://{}/feed", l.local_addr().expect("addr"));
+        let (l, url) = listen();
         let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let w = written.clone();
         let (tx, rx) = std::sync::mpsc::channel::<()>();
@@ -581,49 +586,13 @@ fn userspace_read_end_counts_ciphertext_socket_bytes() {
             tcp.set_nodelay(true).expect("nodelay");
             tcp.set_read_timeout(Some(Duration::from_secs(20)))
                 .expect("timeout");
-            let conn = rustls::ServerConnection::new(server_cfg).expect("conn");
-            let mut s = rustls::StreamOwned::new(conn, Counting { tcp, written: w });
-            let mut head = Vec::new();
-            let mut b = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                s.read_exact(&mut b).expect("request");
-                head.push(b[0]);
-            }
-            let head = String::from_utf8_lossy(&head).to_string();
-            let key = head
-                .lines()
-                .find_map(|l| {
-                    let (n, v) = l.split_once(':')?;
-                    n.eq_ignore_ascii_case("sec-websocket-key")
-                        .then(|| v.trim().to_string())
-                })
-                .expect("key");
-            let resp = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-                ws_engine::handshake::accept_key(&key)
-            );
-            s.write_all(resp.as_bytes()).expect("101");
-            for i in 0..N {
-                let mut data = vec![0u8; 300];
-                data[..8].copy_from_slice(&i.to_le_bytes());
-                s.write_all(&ws_engine::server::frame(
-                    ws_engine::frame::OpCode::Binary,
-                    &data,
-                ))
-                .expect("frame");
-            }
+            let mut s = tls_upgrade_over(server_cfg, Counting { tcp, written: w });
+            write_indexed(&mut s, 0, N);
             s.flush().expect("flush");
             let total = s.sock.written.load(std::sync::atomic::Ordering::SeqCst);
             // Hold everything else back until the client has seen the last message.
             let _ = rx.recv();
-            s.write_all(&ws_engine::server::frame(
-                ws_engine::frame::OpCode::Close,
-                &1000u16.to_be_bytes(),
-            ))
-            .expect("close");
-            s.flush().expect("flush");
-            let mut tmp = [0u8; 256];
-            let _ = s.read(&mut tmp);
+            close_and_wait(&mut s);
             total
         });
         struct Last(Feedcheck, Option<std::sync::mpsc::Sender<()>>);
@@ -678,18 +647,12 @@ fn ktls_path_streams_a_feed() {
 
 // ---- Python websockets over TLS (OpenSSL) ----
 
+/// The server script's `handler(ws)` and `main()` (see `python_server_script`): TLS with
+/// the certificate and key in `argv[1]`, `argv[2]`, at most TLS `argv[3]`.
 const PY_SERVER: &str = r#"
-import asyncio, ssl, sys
-from websockets.asyncio.server import serve
+import ssl
 
 cert, key, maxver = sys.argv[1], sys.argv[2], sys.argv[3]
-SIZES = [0, 1, 64, 125, 126, 1000, 16384, 65536, 100000]
-
-def payload(i):
-    size = SIZES[(i * 7) % len(SIZES)]
-    if i % 3 == 0:
-        return bytes([i % 256]) * size
-    return "\u00e9" * (size // 2) + "a" * (size % 2)
 
 async def handler(ws):
     start = await ws.recv()
@@ -711,84 +674,13 @@ async def main():
         ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["http/1.1"])
     async with serve(handler, "127.0.0.1", 0, ssl=ctx, max_size=None, compression=None) as server:
-        port = server.sockets[0].getsockname()[1]
-        print(f"PORT {port}", flush=True)
-        try:
-            await asyncio.wait_for(server.serve_forever(), 120)
-        except asyncio.TimeoutError:
-            pass
-
-asyncio.run(main())
 "#;
 
 const PY_SIZES: [usize; 9] = [0, 1, 64, 125, 126, 1000, 16384, 65536, 100000];
 const PY_N: usize = 800;
 
-fn py_expected(i: usize) -> (MsgKind, Vec<u8>) {
-    let size = PY_SIZES[(i * 7) % PY_SIZES.len()];
-    if i.is_multiple_of(3) {
-        (MsgKind::Binary, vec![(i % 256) as u8; size])
-    } else {
-        (
-            MsgKind::Text,
-            ("é".repeat(size / 2) + &"a".repeat(size % 2)).into_bytes(),
-        )
-    }
-}
-
-struct KillOnDrop(Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-#[derive(Default)]
-struct PyCheck {
-    n: usize,
-    bad: Vec<usize>,
-    errors: Vec<String>,
-    closed: Option<CloseInfo>,
-}
-
-impl Handler for PyCheck {
-    fn on_established(&mut self, conn: &mut ConnCtx<'_>) {
-        conn.send_text(&format!("start {PY_N}")).expect("send");
-    }
-    fn on_message(&mut self, conn: &mut ConnCtx<'_>, msg: Message<'_>) {
-        let (kind, data) = py_expected(self.n);
-        if msg.kind != kind || msg.data != data.as_slice() {
-            self.bad.push(self.n);
-        }
-        if self.n.is_multiple_of(100) {
-            conn.send_text(&format!("echo {}", self.n)).expect("send");
-        }
-        self.n += 1;
-        if self.n == PY_N {
-            conn.send_text(&format!("got {PY_N}")).expect("send");
-        }
-    }
-    fn on_error(&mut self, _id: ConnId, err: &ConnError) {
-        self.errors.push(err.to_string());
-    }
-    fn on_closed(&mut self, _id: ConnId, info: &CloseInfo) {
-        self.closed = Some(info.clone());
-    }
-}
-
 fn python_over_tls(maxver: &str) {
-    let have = Command::new("python3")
-        .args(["-c", "import ssl, websockets.asyncio.server"])
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !have {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("python3 with websockets is not available and CI=true: run `cargo xtask setup`");
-        }
-        eprintln!("SKIPPED: python3 with websockets not available (pip install websockets)");
+    if !have_python("ssl, websockets.asyncio.server") {
         return;
     }
     let ca = TestCa::new().expect("CA");
@@ -798,27 +690,10 @@ fn python_over_tls(maxver: &str) {
         temp_path(&format!("py{maxver}-key.pem")),
     );
     cert.write_pem(&cp, &kp).expect("pem");
-    let mut child = KillOnDrop(
-        Command::new("python3")
-            .arg("-c")
-            .arg(PY_SERVER)
-            .arg(&cp)
-            .arg(&kp)
-            .arg(maxver)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn python3"),
+    let (child, port) = start_python_server(
+        &python_server_script(&PY_SIZES, PY_SERVER),
+        &[cp.as_os_str(), kp.as_os_str(), maxver.as_ref()],
     );
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("port line");
-    let port: u16 = line
-        .trim()
-        .strip_prefix("PORT ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("server did not report its port: {line:?}"));
     let mut el = EventLoop::new(LoopConfig::default()).expect("loop");
     let id = el
         .connect(
@@ -836,19 +711,10 @@ fn python_over_tls(maxver: &str) {
         }
     );
     assert_eq!(info.alpn.as_deref(), Some("http/1.1"));
-    let mut h = PyCheck::default();
+    let mut h = MixedCheck::new(&PY_SIZES, PY_N, Some(100));
     run_until_done(&mut el, &mut h);
     drop(child);
-    assert!(h.errors.is_empty(), "{:?}", h.errors);
-    assert_eq!(h.n, PY_N);
-    assert!(
-        h.bad.is_empty(),
-        "messages differing: {:?}",
-        &h.bad[..h.bad.len().min(20)]
-    );
-    let closed = h.closed.expect("closed");
-    assert_eq!(closed.peer_code, Some(1000), "{closed:?}");
-    assert!(closed.clean, "{closed:?}");
+    h.assert_complete();
 }
 
 #[test]

@@ -32,22 +32,33 @@ struct CryptoInfo {
     cipher_type: u16,
 }
 
+/// `tls12_crypto_info_aes_gcm_128` (`K` = 16) and `tls12_crypto_info_aes_gcm_256` (`K` = 32).
 #[repr(C)]
-struct AesGcm128 {
+struct AesGcm<const K: usize> {
     info: CryptoInfo,
     iv: [u8; 8],
-    key: [u8; 16],
+    key: [u8; K],
     salt: [u8; 4],
     rec_seq: [u8; 8],
 }
 
-#[repr(C)]
-struct AesGcm256 {
-    info: CryptoInfo,
-    iv: [u8; 8],
-    key: [u8; 32],
-    salt: [u8; 4],
-    rec_seq: [u8; 8],
+type AesGcm128 = AesGcm<16>;
+type AesGcm256 = AesGcm<32>;
+
+impl<const K: usize> AesGcm<K> {
+    /// The 12-byte IV splits into the kernel's 4-byte salt and 8-byte explicit part.
+    fn new(info: CryptoInfo, iv: [u8; 12], key: [u8; K], rec_seq: [u8; 8]) -> Self {
+        let mut v = AesGcm {
+            info,
+            iv: [0; 8],
+            key,
+            salt: [0; 4],
+            rec_seq,
+        };
+        v.salt.copy_from_slice(&iv[..4]);
+        v.iv.copy_from_slice(&iv[4..]);
+        v
+    }
 }
 
 #[repr(C)]
@@ -132,43 +143,24 @@ pub(crate) fn install(
         dir,
         err: "key length".into(),
     };
+    let info = |cipher_type| CryptoInfo {
+        version,
+        cipher_type,
+    };
     let r = match cipher {
         Cipher::Aes128Gcm => {
-            let mut v = AesGcm128 {
-                info: CryptoInfo {
-                    version,
-                    cipher_type: TLS_CIPHER_AES_GCM_128,
-                },
-                iv: [0; 8],
-                key: key.try_into().map_err(bad)?,
-                salt: [0; 4],
-                rec_seq,
-            };
-            v.salt.copy_from_slice(&iv[..4]);
-            v.iv.copy_from_slice(&iv[4..]);
+            let info = info(TLS_CIPHER_AES_GCM_128);
+            let v = AesGcm128::new(info, iv, key.try_into().map_err(bad)?, rec_seq);
             setsockopt(fd, SOL_TLS, opt, &v)
         }
         Cipher::Aes256Gcm => {
-            let mut v = AesGcm256 {
-                info: CryptoInfo {
-                    version,
-                    cipher_type: TLS_CIPHER_AES_GCM_256,
-                },
-                iv: [0; 8],
-                key: key.try_into().map_err(bad)?,
-                salt: [0; 4],
-                rec_seq,
-            };
-            v.salt.copy_from_slice(&iv[..4]);
-            v.iv.copy_from_slice(&iv[4..]);
+            let info = info(TLS_CIPHER_AES_GCM_256);
+            let v = AesGcm256::new(info, iv, key.try_into().map_err(bad)?, rec_seq);
             setsockopt(fd, SOL_TLS, opt, &v)
         }
         Cipher::Chacha20Poly1305 => {
             let v = Chacha20Poly1305 {
-                info: CryptoInfo {
-                    version,
-                    cipher_type: TLS_CIPHER_CHACHA20_POLY1305,
-                },
+                info: info(TLS_CIPHER_CHACHA20_POLY1305),
                 iv,
                 key: key.try_into().map_err(bad)?,
                 rec_seq,

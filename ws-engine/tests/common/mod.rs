@@ -1,9 +1,12 @@
-//! Test support: scripted raw-TCP WebSocket peers on 127.0.0.1 and a collecting handler.
+//! Test support: scripted raw-TCP WebSocket peers on 127.0.0.1, a collecting handler, and
+//! Python `websockets` servers sending the mixed feed.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -77,7 +80,7 @@ where
 }
 
 /// Reads the request head; returns it.
-pub fn read_request(s: &mut TcpStream) -> String {
+pub fn read_request<S: Read>(s: &mut S) -> String {
     let mut buf = Vec::new();
     let mut b = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
@@ -293,6 +296,174 @@ pub fn run_client(url: &str, cfg: &ConnConfig, mut h: Collect) -> Collect {
 /// Whether an event is a close with this code.
 pub fn is_close(ev: &Option<OwnedEvent>, code: u16) -> bool {
     matches!(ev, Some(OwnedEvent::Close(Some(c), _)) if *c == code)
+}
+
+// ---- Python `websockets` servers ----
+
+/// A child process, killed (and waited for) when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether `python3` can `import {modules}`. Without it the caller skips (this says so),
+/// except when `CI=true`, where this panics.
+pub fn have_python(modules: &str) -> bool {
+    let have = Command::new("python3")
+        .args(["-c", &format!("import {modules}")])
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !have {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("python3 with websockets is not available and CI=true: run `cargo xtask setup`");
+        }
+        eprintln!("SKIPPED: python3 with websockets not available (pip install websockets)");
+    }
+    have
+}
+
+const PY_HEAD: &str = r#"
+import asyncio, sys
+from websockets.asyncio.server import serve
+
+"#;
+
+const PY_PAYLOAD: &str = r#"
+def payload(i):
+    size = SIZES[(i * 7) % len(SIZES)]
+    if i % 3 == 0:
+        return bytes([i % 256]) * size
+    return "\u00e9" * (size // 2) + "a" * (size % 2)
+"#;
+
+const PY_SERVE: &str = r#"        port = server.sockets[0].getsockname()[1]
+        print(f"PORT {port}", flush=True)
+        try:
+            await asyncio.wait_for(server.serve_forever(), 120)
+        except asyncio.TimeoutError:
+            pass
+
+asyncio.run(main())
+"#;
+
+/// A Python `websockets` server script: `payload(i)` is [`mixed_message`]`(sizes, i)`;
+/// `body` defines `handler(ws)` and `main()`, and ends in `main()`'s
+/// `async with serve(...) as server:` line. The server prints `PORT n` once listening
+/// and serves for at most 120 s.
+pub fn python_server_script(sizes: &[usize], body: &str) -> String {
+    format!("{PY_HEAD}SIZES = {sizes:?}\n{PY_PAYLOAD}{body}{PY_SERVE}")
+}
+
+/// Starts `python3 -c script args...` and waits for the port it reports.
+pub fn start_python_server(script: &str, args: &[&OsStr]) -> (KillOnDrop, u16) {
+    let mut child = KillOnDrop(
+        Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn python3"),
+    );
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("port line");
+    let port = line
+        .trim()
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("server did not report its port: {line:?}"));
+    (child, port)
+}
+
+/// Message `i` of the mixed feed: `sizes[(i * 7) % len]` bytes, binary `i % 256` when
+/// `i % 3 == 0`, else text of `é`s (and an `a` for an odd size).
+pub fn mixed_message(sizes: &[usize], i: usize) -> (MsgKind, Vec<u8>) {
+    let size = sizes[(i * 7) % sizes.len()];
+    if i.is_multiple_of(3) {
+        (MsgKind::Binary, vec![(i % 256) as u8; size])
+    } else {
+        let s = "é".repeat(size / 2) + &"a".repeat(size % 2);
+        (MsgKind::Text, s.into_bytes())
+    }
+}
+
+/// Checks the mixed feed from a Python server: asks for `total` messages ("start N"),
+/// compares each with [`mixed_message`], echoes every `echo_every`-th ("echo i") when set,
+/// and says "got N" after the last.
+pub struct MixedCheck {
+    sizes: &'static [usize],
+    total: usize,
+    echo_every: Option<usize>,
+    pub n: usize,
+    pub bad: Vec<usize>,
+    pub errors: Vec<String>,
+    pub closed: Option<CloseInfo>,
+}
+
+impl MixedCheck {
+    pub fn new(sizes: &'static [usize], total: usize, echo_every: Option<usize>) -> Self {
+        MixedCheck {
+            sizes,
+            total,
+            echo_every,
+            n: 0,
+            bad: Vec::new(),
+            errors: Vec::new(),
+            closed: None,
+        }
+    }
+
+    /// Asserts that all `total` messages came intact without an error and that the peer
+    /// closed cleanly with 1000; returns the close.
+    pub fn assert_complete(self) -> CloseInfo {
+        assert!(self.errors.is_empty(), "{:?}", self.errors);
+        assert_eq!(self.n, self.total);
+        assert!(
+            self.bad.is_empty(),
+            "messages differing: {:?}",
+            &self.bad[..self.bad.len().min(20)]
+        );
+        let closed = self.closed.expect("closed");
+        assert_eq!(closed.peer_code, Some(1000), "{closed:?}");
+        assert!(closed.clean, "{closed:?}");
+        closed
+    }
+}
+
+impl Handler for MixedCheck {
+    fn on_established(&mut self, conn: &mut ConnCtx<'_>) {
+        conn.send_text(&format!("start {}", self.total))
+            .expect("send");
+    }
+    fn on_message(&mut self, conn: &mut ConnCtx<'_>, msg: Message<'_>) {
+        let (kind, data) = mixed_message(self.sizes, self.n);
+        if msg.kind != kind || msg.data != data.as_slice() {
+            self.bad.push(self.n);
+        }
+        if self.echo_every.is_some_and(|k| self.n.is_multiple_of(k)) {
+            conn.send_text(&format!("echo {}", self.n)).expect("send");
+        }
+        self.n += 1;
+        if self.n == self.total {
+            conn.send_text(&format!("got {}", self.total))
+                .expect("send");
+        }
+    }
+    fn on_error(&mut self, _id: ConnId, err: &ConnError) {
+        self.errors.push(format!("{}: {err}", classify(err)));
+    }
+    fn on_closed(&mut self, _id: ConnId, info: &CloseInfo) {
+        self.closed = Some(info.clone());
+    }
 }
 
 /// Drops a reference to `Event` so the import is used in every test binary.
