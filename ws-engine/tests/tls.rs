@@ -8,6 +8,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
@@ -31,10 +32,13 @@ fn temp_path(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// A client config trusting `ca` (written to a PEM file) and, unless `ktls`, staying in
-/// user space.
+/// A client config trusting `ca` (written to a PEM file of its own: tests running at the
+/// same time with the same `tag` have different CAs) and, unless `ktls`, staying in user
+/// space.
 fn client_cfg(ca: &TestCa, tag: &str, ktls: bool) -> ConnConfig {
-    let path = temp_path(&format!("{tag}-ca.pem"));
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let path = temp_path(&format!("{tag}-{n}-ca.pem"));
     ca.write_ca_pem(&path).expect("write CA");
     let mut cfg = ConnConfig::default();
     cfg.tls.ca_file = Some(path);
