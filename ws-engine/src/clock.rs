@@ -2,8 +2,13 @@
 //!
 //! The conversion is `mono_ns = base_ns + ((tsc - base_tsc) * mult) >> shift`, with
 //! `mult`/`shift` calibrated once per process against `clock_gettime(CLOCK_MONOTONIC)`.
-//! The calibration's error is measured right after calibrating (and can be measured again
-//! at any time with [`Clock::measure_error`]). Where the TSC is not invariant
+//! A 20 ms calibration leaves a rate error of a few ppm, microseconds of drift per second
+//! against the kernel's stamps, so an event loop keeps its copy on CLOCK_MONOTONIC with
+//! [`Clock::maybe_refine`]: every 100 ms it re-anchors the conversion on a fresh
+//! (TSC, CLOCK_MONOTONIC) pair, and every second it re-measures the rate over the last
+//! second. The drift each re-anchoring corrects is the error the stamps before it could
+//! have had; it is what [`Calibration::error_ns`] then reports (and
+//! [`Clock::measure_error`] measures the present error on demand). Where the TSC is not invariant
 //! (`constant_tsc` and `nonstop_tsc` both in `/proc/cpuinfo`), or on other
 //! architectures, every stamp is a plain `clock_gettime(CLOCK_MONOTONIC)`.
 
@@ -37,9 +42,10 @@ pub struct Calibration {
     pub mult: u64,
     /// Right shift of the tick→ns conversion.
     pub shift: u32,
-    /// Largest |converted TSC − CLOCK_MONOTONIC| seen right after calibrating, in ns
-    /// (each sample bracketed by two clock_gettime calls; the bracket's half width is
-    /// included). 0 for [`ClockSource::Monotonic`].
+    /// Largest |converted TSC − CLOCK_MONOTONIC| seen right after calibrating, or after a
+    /// refinement the drift it corrected, in ns (each sample bracketed by two
+    /// clock_gettime calls; the bracket's half width is included). 0 for
+    /// [`ClockSource::Monotonic`].
     pub error_ns: u64,
 }
 
@@ -49,10 +55,30 @@ pub struct Clock {
     cal: Calibration,
     base_tsc: u64,
     base_ns: u64,
+    /// Start of the span the rate is next measured over.
+    rate_tsc: u64,
+    rate_ns: u64,
+    /// TSC value at or after which [`Clock::maybe_refine`] refines.
+    next_refine_tsc: u64,
 }
 
 /// The shift used for the mult/shift conversion.
 const SHIFT: u32 = 32;
+
+/// How often [`Clock::maybe_refine`] re-anchors the conversion.
+const REFINE_EVERY_NS: u64 = 100_000_000;
+
+/// The shortest span the tick rate is re-measured over.
+const RATE_SPAN_NS: u64 = 1_000_000_000;
+
+/// A (TSC, CLOCK_MONOTONIC) pair bracketed wider than this (the thread was interrupted
+/// in all 16 tries) is not used; the refinement is retried at the next call.
+const MAX_PAIR_WIDTH_NS: u64 = 2_000;
+
+/// Ticks → ns multiplier (`SHIFT` fractional bits) for `dt` ticks in `dn` ns.
+fn mult_of(dt: u64, dn: u64) -> u64 {
+    ((u128::from(dn) << SHIFT) / u128::from(dt.max(1))) as u64
+}
 
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -118,6 +144,11 @@ fn paired_sample() -> (u64, u64, u64) {
     best
 }
 
+/// `ns` nanoseconds in ticks of a `tsc_hz` clock.
+fn ns_to_ticks(ns: u64, tsc_hz: u64) -> u64 {
+    (u128::from(ns) * u128::from(tsc_hz) / 1_000_000_000) as u64
+}
+
 static GLOBAL: OnceLock<Clock> = OnceLock::new();
 
 impl Clock {
@@ -138,6 +169,9 @@ impl Clock {
             },
             base_tsc: 0,
             base_ns: 0,
+            rate_tsc: 0,
+            rate_ns: 0,
+            next_refine_tsc: u64::MAX,
         }
     }
 
@@ -156,7 +190,7 @@ impl Clock {
         let (t1, n1, _) = paired_sample();
         let dt = t1.saturating_sub(t0).max(1);
         let dn = n1.saturating_sub(n0);
-        let mult = ((u128::from(dn) << SHIFT) / u128::from(dt)) as u64;
+        let mult = mult_of(dt, dn);
         let tsc_hz = (u128::from(dt) * 1_000_000_000 / u128::from(dn.max(1))) as u64;
         let mut clock = Clock {
             cal: Calibration {
@@ -168,9 +202,50 @@ impl Clock {
             },
             base_tsc: t1,
             base_ns: n1,
+            rate_tsc: t1,
+            rate_ns: n1,
+            next_refine_tsc: t1.saturating_add(ns_to_ticks(REFINE_EVERY_NS, tsc_hz)),
         };
         clock.cal.error_ns = clock.measure_error();
         clock
+    }
+
+    /// Refines the conversion if [`REFINE_EVERY_NS`] (100 ms) have passed since the last
+    /// time: one rdtsc and a compare otherwise. Call it where a little work does not
+    /// delay anything (an event loop: before it waits).
+    #[inline]
+    pub fn maybe_refine(&mut self) {
+        if self.cal.source == ClockSource::Tsc && rdtsc() >= self.next_refine_tsc {
+            self.refine_over(RATE_SPAN_NS);
+        }
+    }
+
+    /// Re-anchors the conversion on a fresh (TSC, CLOCK_MONOTONIC) pair and, once the
+    /// rate was last measured at least `span_ns` ago, re-measures the rate over that span.
+    /// Returns the drift corrected: |converted TSC − CLOCK_MONOTONIC| at the new pair (0,
+    /// and nothing changed, if no pair could be taken with a tight bracket).
+    fn refine_over(&mut self, span_ns: u64) -> u64 {
+        if self.cal.source != ClockSource::Tsc {
+            return 0;
+        }
+        let (t, n, width) = paired_sample();
+        if width > MAX_PAIR_WIDTH_NS {
+            return 0;
+        }
+        let drift = self.ticks_to_ns(t).abs_diff(n);
+        if n.saturating_sub(self.rate_ns) >= span_ns {
+            let dt = t.wrapping_sub(self.rate_tsc).max(1);
+            let dn = n.saturating_sub(self.rate_ns).max(1);
+            self.cal.mult = mult_of(dt, dn);
+            self.cal.tsc_hz = (u128::from(dt) * 1_000_000_000 / u128::from(dn)) as u64;
+            self.rate_tsc = t;
+            self.rate_ns = n;
+        }
+        self.base_tsc = t;
+        self.base_ns = n;
+        self.cal.error_ns = drift + width / 2;
+        self.next_refine_tsc = t.saturating_add(ns_to_ticks(REFINE_EVERY_NS, self.cal.tsc_hz));
+        drift
     }
 
     /// The calibration in use.
@@ -263,6 +338,28 @@ mod tests {
             "converted TSC {a} outside [{k1}, {k2}]"
         );
         assert_eq!(c.to_ns(0), 0);
+    }
+
+    #[test]
+    fn refining_removes_a_rate_error() {
+        if !tsc_is_invariant() {
+            eprintln!("skipping: TSC not invariant on this machine");
+            return;
+        }
+        let mut c = Clock::calibrate_tsc(std::time::Duration::from_millis(10));
+        // Make the rate 100 ppm wrong: 100 µs of drift per second.
+        c.cal.mult += c.cal.mult / 10_000;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let before = c.measure_error();
+        // Re-anchor and re-measure the rate over the 200 ms just passed.
+        let corrected = c.refine_over(100_000_000);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let after = c.measure_error();
+        // 200 ms at 100 ppm is 20 µs; the re-measured rate is off by the two samples'
+        // brackets over 200 ms (well under 1 ppm here, generous slack for a loaded VM).
+        assert!(before > 15_000, "the wrong rate should show: {before} ns");
+        assert!(corrected > 15_000, "refine saw {corrected} ns of drift");
+        assert!(after < 5_000, "still {after} ns off after refining");
     }
 
     #[test]

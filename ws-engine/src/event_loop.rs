@@ -329,6 +329,9 @@ impl EventLoop {
             let g = self.cfg.timer_granularity.as_millis().max(1) as i32;
             wait_ms = if wait_ms < 0 { g } else { wait_ms.min(g) };
         }
+        // Keep the TSC conversion on CLOCK_MONOTONIC (every 100 ms), before waiting rather
+        // than between a wakeup and the messages it brings.
+        self.clock.maybe_refine();
         // SAFETY: `events` has `len` valid slots for the kernel to fill.
         let n = unsafe {
             libc::epoll_wait(
