@@ -241,6 +241,57 @@ pub extern "C" fn ws_trace_doctor_target(x: u64) -> u64 {
     std::hint::black_box(x.wrapping_mul(31).wrapping_add(7))
 }
 
+/// A uprobe site like ws-engine's: a 5-byte nop, then the work.
+#[cfg(target_arch = "x86_64")]
+#[unsafe(no_mangle)]
+#[unsafe(naked)]
+pub extern "C" fn ws_trace_doctor_nop5_target(x: u64) -> u64 {
+    core::arch::naked_asm!(
+        ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+        "lea rax, [rdi + 1]",
+        "ret"
+    )
+}
+
+/// Whether a uprobe on a 5-byte nop was turned into a call to the kernel's trampoline.
+#[cfg(target_arch = "x86_64")]
+fn nop5_uprobe(ebpf: &mut Ebpf) -> Result<String, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let p: &mut UProbe = prog(ebpf, "doctor_uprobe")?;
+    // Loaded by the hook.uprobe check before; attach a second site.
+    let link = p
+        .attach(
+            "ws_trace_doctor_nop5_target",
+            &exe,
+            UProbeScope::AllProcesses,
+        )
+        .map_err(err)?;
+    // The kernel optimizes a nop5 site on its first hit.
+    for i in 0..4 {
+        std::hint::black_box(ws_trace_doctor_nop5_target(std::hint::black_box(i)));
+    }
+    let site = ws_trace_doctor_nop5_target as *const u8;
+    // SAFETY: the function is mapped, readable text of this binary, at least 5 bytes long
+    // (the nop, an lea and a ret); the kernel rewrites it atomically.
+    let first = unsafe { site.read_volatile() };
+    let trampoline = std::fs::read_to_string("/proc/self/maps")
+        .map_err(|e| e.to_string())?
+        .contains("[uprobes-trampoline]");
+    let _ = p.detach(link);
+    if first == 0xe8 && trampoline {
+        Ok("a uprobe on a 5-byte nop became a call into [uprobes-trampoline] (ws-engine's probe sites are such nops)".into())
+    } else {
+        Err(format!(
+            "a uprobe on a 5-byte nop still traps (first byte {first:#04x}, trampoline mapped: {trampoline}); each callback probe costs a breakpoint trap (kernels before 6.18)"
+        ))
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn nop5_uprobe(_ebpf: &mut Ebpf) -> Result<String, String> {
+    Err("x86-64 only".into())
+}
+
 fn hits(ebpf: &Ebpf, index: u32) -> Result<u64, String> {
     let map = ebpf
         .map("DOCTOR_HITS")
@@ -334,7 +385,11 @@ fn hooks(ebpf: &mut Ebpf) -> Vec<Check> {
         }
         fired(ebpf, doctor_hit::UPROBE, "ws_trace_doctor_target")
     })();
+    let uprobe_ok = r.is_ok();
     out.push(check("hook.uprobe", true, r));
+    if uprobe_ok {
+        out.push(check("uprobe.nop5", false, nop5_uprobe(ebpf)));
+    }
 
     let r = (|| -> Result<String, String> {
         let p: &mut PerfEvent = prog(ebpf, "doctor_perf_event")?;
