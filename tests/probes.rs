@@ -237,9 +237,17 @@ fn a_full_ring_counts_its_drops() {
         "a 4 KiB ring under 1000+ packets dropped nothing: {s}"
     );
     assert_eq!(p.events, events.len() as u64);
-    // Unfiltered, every run of the program either sent its record or counted a drop: the
-    // kernel's run counter (read with BPF_OBJ_GET_INFO_BY_FD) says the same.
-    assert_eq!(p.events + p.drops, p.runs, "{s}");
+    // Unfiltered, every run of the program either sent its record or counted a drop, so
+    // the kernel's run counter (read with BPF_OBJ_GET_INFO_BY_FD) says the same — up to
+    // packets of other traffic on the machine that arrive between the drain and the read
+    // of the counters.
+    assert!(p.events + p.drops <= p.runs, "{s}");
+    assert!(
+        p.runs - (p.events + p.drops) <= 10 + p.runs / 100,
+        "runs {} vs events + drops {}: {s}",
+        p.runs,
+        p.events + p.drops
+    );
     assert!(s.to_string().contains("DROPPED"), "{s}");
 }
 
