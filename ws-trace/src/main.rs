@@ -228,12 +228,21 @@ fn run() -> anyhow::Result<ExitCode> {
             );
             let result = demo::run(&opts, &exe, &stop).context("demo")?;
             println!("network: {}", result.network);
-            println!(
-                "server sent {} messages ({} bytes); probe drops: {}",
-                result.sent.messages,
-                result.sent.bytes,
-                result.summary.total_drops()
-            );
+            if result.interrupted {
+                println!("stopped by Ctrl-C: the report covers what was traced until then");
+            }
+            match &result.sent {
+                Some(sent) => println!(
+                    "server sent {} messages ({} bytes); probe drops: {}",
+                    sent.messages,
+                    sent.bytes,
+                    result.summary.total_drops()
+                ),
+                None => println!(
+                    "feed cut short; probe drops: {}",
+                    result.summary.total_drops()
+                ),
+            }
             println!("\n{}", result.report);
             println!("\nfiles:");
             println!("  trace     {}", result.trace.display());

@@ -437,6 +437,63 @@ fn a_killed_recording_is_still_readable() {
 }
 
 #[test]
+fn ctrl_c_ends_the_demo_early_with_a_report_and_nothing_left_behind() {
+    use std::os::unix::process::CommandExt as _;
+    if !require_for_test("ctrl_c_ends_the_demo_early_with_a_report_and_nothing_left_behind") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let before = our_program_ids();
+    // Its own process group, so the SIGINT reaches ws-trace and its client together, as a
+    // terminal's Ctrl-C does.
+    let mut child = Reaped::spawn(
+        Command::new(BIN)
+            .args(["demo", "--duration", "30", "--rate", "1000", "--out"])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0),
+    );
+    let ids = wait_for_new_probes(&before);
+    thread::sleep(Duration::from_millis(1500));
+    let pid = child.child().id() as i32;
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT to the demo's process group");
+    let started = Instant::now();
+    while child.child().try_wait().expect("wait").is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the demo did not end within 15 s of Ctrl-C"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.into_inner().wait_with_output().expect("demo output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("stopped by Ctrl-C"), "{stdout}");
+    assert!(stdout.contains("joined NIC→callback"), "{stdout}");
+    assert!(stdout.contains("nic → callback_done"), "{stdout}");
+    assert!(dir.path().join("report.txt").exists());
+    assert_unloaded(&ids, "Ctrl-C of demo");
+    let netns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    assert!(
+        !String::from_utf8_lossy(&netns.stdout).contains(&format!("wst-{pid}")),
+        "the demo's namespace was left behind"
+    );
+}
+
+#[test]
 fn demo_traces_a_session_across_a_veth_pair() {
     if !require_for_test("demo_traces_a_session_across_a_veth_pair") {
         return;

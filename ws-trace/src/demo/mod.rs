@@ -10,7 +10,10 @@ pub mod netns;
 use std::{
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
-    sync::{atomic::AtomicBool, mpsc},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     thread,
     time::Duration,
 };
@@ -44,6 +47,9 @@ pub enum DemoError {
     /// The server could not start.
     #[error("starting the feed server: {0}")]
     Server(std::io::Error),
+    /// The server failed while sending the feed (not after a Ctrl-C).
+    #[error("the feed server failed: {0}")]
+    Feed(std::io::Error),
     /// Starting the client failed.
     #[error(transparent)]
     Target(#[from] TargetError),
@@ -87,8 +93,10 @@ pub struct DemoResult {
     pub network: String,
     /// The session's probe summary.
     pub summary: Summary,
-    /// What the server sent.
-    pub sent: Sent,
+    /// What the server sent (`None` when a Ctrl-C cut the feed short).
+    pub sent: Option<Sent>,
+    /// A Ctrl-C ended the session early; the report covers what was traced until then.
+    pub interrupted: bool,
     /// The report of the recorded trace.
     pub report: Report,
     /// The trace file.
@@ -239,13 +247,25 @@ pub fn run(
     if let Some(e) = record_error {
         return Err(e.into());
     }
+    // Ctrl-C: the terminal also interrupted the client (same process group) or, when only
+    // ws-trace was signalled, the client is stopped here; the server then fails its next
+    // write, which is expected. What was recorded is reported either way.
+    let interrupted = stop.load(Ordering::Relaxed);
+    if interrupted && let Target::Spawned { child, .. } = &mut target {
+        let _ = child.kill();
+    }
     let sent = server
         .join()
-        .map_err(|_| DemoError::Server(std::io::Error::other("server thread panicked")))?
-        .map_err(DemoError::Server)?;
+        .map_err(|_| DemoError::Feed(std::io::Error::other("server thread panicked")))?;
+    let sent = match sent {
+        Ok(sent) => Some(sent),
+        Err(_) if interrupted => None,
+        Err(e) => return Err(DemoError::Feed(e)),
+    };
     if let Target::Spawned { child, .. } = &mut target
         && let Ok(status) = child.wait()
         && !status.success()
+        && !interrupted
     {
         return Err(DemoError::Client(status.to_string()));
     }
@@ -287,6 +307,7 @@ pub fn run(
         network,
         summary,
         sent,
+        interrupted,
         report,
         trace,
         files,
