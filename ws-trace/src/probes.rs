@@ -412,9 +412,9 @@ impl Probes {
             .ok_or(ProbeError::NoProgram(program))?
             .try_into()
             .map_err(err)?;
-        if self.loaded.insert(kind) {
+        if !self.loaded.contains(&kind) {
             prog.load().map_err(err)?;
-            self.attached.push(kind);
+            self.loaded.insert(kind);
         }
         // Every process mapping the binary: a per-process perf event would only follow
         // one thread. The tgid filter in the probe picks the traced processes.
@@ -424,6 +424,10 @@ impl Probes {
             cookie: Some(target.cookie),
         };
         prog.attach(point, &target.binary, scope).map_err(err)?;
+        // Listed once it is attached somewhere, not when a first placement failed.
+        if !self.attached.contains(&kind) {
+            self.attached.push(kind);
+        }
         Ok(())
     }
 
