@@ -182,6 +182,20 @@ fn a_cpu_hog_on_the_clients_cpu_shows_in_the_run_queue_stage() {
         .filter(|&c| cpus.is_set(c).unwrap_or(false))
         .count();
     assert!(count >= 2, "this test needs two CPUs, has {count}");
+    // The feed server (a thread of this process, started by traced_run) and the session's
+    // reader stay on CPU 0. Left free, the scheduler moves the server to CPU 1 whenever
+    // CPU 0 is busier (another process spinning there is enough): it then only runs, and
+    // sends, while the hog sleeps, so every message finds the client's CPU free.
+    let mut cpu0 = nix::sched::CpuSet::new();
+    cpu0.set(0).expect("cpu 0");
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpu0).expect("pin to cpu 0");
+    struct Restore(nix::sched::CpuSet);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &self.0);
+        }
+    }
+    let _restore = Restore(cpus);
     let gap = Duration::from_micros(1000);
     // The baseline keeps CPU 1 busy with a SCHED_IDLE spinner, which any woken task
     // preempts at once: without it the client's CPU would be idle, and on a VM waking an
