@@ -237,11 +237,12 @@ fn a_cpu_hog_on_the_clients_cpu_shows_in_the_run_queue_stage() {
 
 /// The engine stamps `callback` from the TSC just before it calls its probe function; the
 /// uprobe there stamps from the kernel's clock. Their difference is the uprobe's entry
-/// latency plus the engine's clock error, so it must stay positive, and steady over the
-/// session. (A TSC rate calibrated once drifted by 0.03–0.5 µs per second here; the loop
-/// refines it, which `clock::tests::refining_removes_a_rate_error` checks with a rate made
-/// 100 ppm wrong. Over 3 s the uprobe latency's own noise, up to ~0.3 µs between the
-/// thirds compared, hides the smaller drifts, so the bound is 1 µs.)
+/// latency plus the engine's clock error. Its floor (the fastest entries) is a fixed cost,
+/// so it must stay positive and level over the session; a drifting clock moves it.
+/// (Medians do not do: under load they move by a microsecond or more with whatever shares
+/// the client's CPU, while the floor of each 100 messages stayed within 545–650 ns. A TSC
+/// rate calibrated once drifted 0.03–0.5 µs per second here; the loop refines it, which
+/// `clock::tests::refining_removes_a_rate_error` checks with a rate made 100 ppm wrong.)
 #[test]
 fn the_engine_clock_stays_on_the_kernels() {
     if !require_for_test("the_engine_clock_stays_on_the_kernels") {
@@ -260,24 +261,17 @@ fn the_engine_clock_stays_on_the_kernels() {
         })
         .collect();
     assert!(diffs.len() >= 1400, "{} callback entries", diffs.len());
-    let median = |part: &[i64]| {
-        let mut v = part.to_vec();
-        v.sort_unstable();
-        v[v.len() / 2]
-    };
+    let floor = |part: &[i64]| part.iter().copied().min().unwrap_or(i64::MAX);
     let third = diffs.len() / 3;
-    let (first, last) = (
-        median(&diffs[..third]),
-        median(&diffs[diffs.len() - third..]),
-    );
-    eprintln!("uprobe − engine callback stamp: median {first} ns (first second), {last} ns (last)");
+    let (first, last) = (floor(&diffs[..third]), floor(&diffs[diffs.len() - third..]));
+    eprintln!("uprobe − engine callback stamp: floor {first} ns (first second), {last} ns (last)");
     assert!(
         first > 0 && last > 0,
         "the uprobe fired before the engine's stamp of the call it traps: {first}, {last} ns"
     );
     assert!(
-        first.abs_diff(last) < 1_000,
-        "engine and kernel clocks drifted {} ns apart in 2 s ({first} → {last} ns)",
+        first.abs_diff(last) < 300,
+        "engine and kernel clocks drifted {} ns apart in 2 s (floor {first} → {last} ns)",
         first.abs_diff(last)
     );
 }
