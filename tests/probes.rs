@@ -129,11 +129,13 @@ fn net_rx_events_arrive_in_order_with_plausible_contents() {
     );
 
     // Softirq structure: per CPU, entries and exits alternate, and every loopback packet
-    // is received inside a NET_RX softirq on its CPU. In full test-suite runs a stretch of
-    // softirq_exit records is sometimes missing (no drops counted; cause not identified;
-    // 28 of 5005 entries in the worst run seen, never when this test runs alone): up to 5%
-    // of entries may lack their exit, and the first such place is printed. Everything else
-    // is strict.
+    // is received inside a NET_RX softirq on its CPU. Under CPU load (two busy loops
+    // running) the kernel sometimes does not run the softirq_exit program for a NET_RX
+    // softirq it ran softirq_entry for: 313 of 4317 entries lacked an exit once, and the
+    // exit program's own run count was 317 short of the entry program's, with no drops and
+    // no recursion misses (other vectors balanced). Cause in the kernel not identified.
+    // ws-trace must lose none of what ran: every entry without its exit is accounted for by
+    // that run-count deficit. The first such place is printed.
     let mut inside: BTreeMap<u16, Option<bool>> = BTreeMap::new();
     let mut skb_inside = 0;
     let (mut entries, mut missed_exits) = (0usize, 0usize);
@@ -193,9 +195,12 @@ fn net_rx_events_arrive_in_order_with_plausible_contents() {
     if missed_exits > 0 {
         eprintln!("{missed_exits} of {entries} softirq entries without an exit\n{summary}");
     }
+    let runs = |k: ProbeKind| summary.probe(k).map_or(0, |p| p.runs);
+    let not_run = runs(ProbeKind::SoftirqEntry).saturating_sub(runs(ProbeKind::SoftirqExit));
     assert!(
-        missed_exits * 20 <= entries,
-        "{missed_exits} of {entries} softirq entries without an exit\n{summary}"
+        missed_exits as u64 <= not_run + 5,
+        "{missed_exits} of {entries} softirq entries without an exit, but the kernel ran the \
+         exit program only {not_run} times fewer than the entry program\n{summary}"
     );
 
     // Every attached probe saw events, and the kernel ran each program at least as often.
