@@ -219,9 +219,8 @@ fn every_stage_arrives_for_the_traced_engine_client() {
     assert!(!epolls.is_empty(), "no epoll returns");
     assert!(epolls.iter().all(|e| e.header().tgid == tgid));
 
-    // One row per message, NIC to callback. Only the first messages may miss their
-    // segment (they can arrive with the upgrade response, before the filter learned the
-    // client's port).
+    // One row per message, NIC to callback: the filter learned the client's port from its
+    // upgrade request, before the first message could arrive.
     let c = ws_trace::correlate::correlate(&events);
     assert_eq!(c.messages, MESSAGES as u64);
     assert_eq!(
@@ -231,7 +230,7 @@ fn every_stage_arrives_for_the_traced_engine_client() {
         c.unjoined
     );
     assert!(
-        c.rows.len() + 5 >= MESSAGES,
+        c.rows.len() == MESSAGES,
         "joined {} of {MESSAGES}: {:?}",
         c.rows.len(),
         c.unjoined

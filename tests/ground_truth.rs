@@ -61,7 +61,7 @@ fn traced_run(messages: usize, gap: Duration, client_args: &[&str]) -> StageTabl
     let events = traced_events(messages, gap, client_args);
     let c = correlate(&events);
     assert!(
-        c.rows.len() + 5 >= messages,
+        c.rows.len() == messages,
         "joined {} of {messages}: {:?}",
         c.rows.len(),
         c.unjoined

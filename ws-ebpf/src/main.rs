@@ -364,6 +364,29 @@ pub fn sock_recv(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// `sock_send_length(struct sock *sk, int ret, int flags)`: a send on a socket returned.
+/// Records nothing; with `CONFIG_LEARN_PORTS` a traced process's send teaches the filter
+/// its socket's local port. A client sends first (its upgrade request, or a TLS
+/// ClientHello), so the port is known before the first byte of the reply arrives, however
+/// late the client gets to its first read.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_learn(ctx: BtfTracePointContext) -> i32 {
+    let Some(cfg) = config() else { return 0 };
+    if cfg.flags & CONFIG_LEARN_PORTS == 0 || !tgid_traced(cfg, current_tgid()) {
+        return 0;
+    }
+    let off = &cfg.offsets;
+    let sk: *const u8 = ctx.arg(0);
+    if read_kernel::<u16>(sk, off.sock_protocol).unwrap_or(0) != IPPROTO_TCP as u16 {
+        return 0;
+    }
+    let (lport, _) = sock_ports(off, sk);
+    if lport != 0 {
+        let _ = PORTS.insert(lport, 1, 0);
+    }
+    0
+}
+
 /// (tid, tgid) of a task.
 #[inline(always)]
 fn task_ids(off: &KernelOffsets, task: *const u8) -> (u32, u32) {

@@ -387,7 +387,32 @@ impl Probes {
         }
         self.loaded.insert(kind);
         self.attached.push(kind);
+        if kind == ProbeKind::SockRecv && self.filter_flags & CONFIG_LEARN_PORTS != 0 {
+            self.attach_send_learner();
+        }
         Ok(())
+    }
+
+    /// With port learning, sends teach the filter ports too (see the probe's doc): without
+    /// it, segments that arrive before the client's first read are filtered out. Optional:
+    /// where it cannot attach, ports are learned from reads alone, and a note says so.
+    fn attach_send_learner(&mut self) {
+        const PROGRAM: &str = "sock_send_learn";
+        let kernel_btf = &self.kernel_btf;
+        let placed = match self.ebpf.program_mut(PROGRAM) {
+            None => Err(format!("{PROGRAM} is not in the probe object")),
+            Some(prog) => <&mut BtfTracePoint>::try_from(prog)
+                .and_then(|prog| {
+                    prog.load("sock_send_length", kernel_btf)?;
+                    prog.attach().map(drop)
+                })
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = placed {
+            self.notes.push(format!(
+                "ports are learned from reads only (sock_send_length: {e}); messages that arrive before the first read are not joined"
+            ));
+        }
     }
 
     /// Places a uprobe-type probe (`CallbackEntry`/`CallbackExit`/`UserEntry`/`UserExit`)
