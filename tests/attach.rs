@@ -97,21 +97,32 @@ fn every_stage_arrives_for_the_traced_engine_client() {
         })
         .collect();
     assert_eq!(entries.len(), MESSAGES, "callback entries\n{summary}");
-    // Each exit names its message, after that message's entry on the same thread.
+    // Each exit names its message, after that message's entry on the same thread, with the
+    // engine's stamps of the callback between the two uprobes' (one clock: the engine's
+    // error is ~20 ns, each uprobe costs hundreds).
     let exits: Vec<_> = of(ProbeKind::CallbackExit)
         .filter_map(|e| match e {
-            Event::Uprobe(u) => Some(*u),
+            Event::CallbackDone(d) => Some(*d),
             _ => None,
         })
         .collect();
     assert_eq!(
-        exits.iter().map(|u| u.value).collect::<Vec<_>>(),
+        exits.iter().map(|d| d.msg_seq).collect::<Vec<_>>(),
         (0..MESSAGES as u64).collect::<Vec<_>>(),
         "callback exits"
     );
     for (entry, exit) in entries.iter().zip(&exits) {
         assert_eq!(exit.hdr.tid, entry.hdr.tid);
-        assert!(exit.hdr.ts_ns > entry.hdr.ts_ns);
+        assert!(
+            entry.hdr.ts_ns < exit.start_ns
+                && exit.start_ns <= exit.done_ns
+                && exit.done_ns < exit.hdr.ts_ns,
+            "entry uprobe {} < callback {}..{} < done uprobe {}",
+            entry.hdr.ts_ns,
+            exit.start_ns,
+            exit.done_ns,
+            exit.hdr.ts_ns
+        );
     }
     let cookie = entries[0].probe.sock_cookie;
     assert_ne!(cookie, 0, "the engine did not report its socket cookie");

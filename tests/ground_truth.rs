@@ -165,6 +165,7 @@ fn a_50us_callback_reads_50us() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let table = traced_run(400, Duration::from_micros(500), &["--spin-us", "50"]);
     let callback = p50(&table, Stamp::CallbackDone);
+    eprintln!("callback stage p50 {callback} ns for a 50 µs spin");
     assert!(
         (48_000..=52_000).contains(&callback),
         "callback stage p50 {callback} ns, expected 50 µs ± 2 µs\n{table}"

@@ -29,9 +29,9 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use ws_abi::{
     CONFIG_FILTER_PORTS, CONFIG_FILTER_TGID, CONFIG_FOLLOW_FORKS, CONFIG_LEARN_PORTS, CONFIG_LOG,
-    CONFIG_OFFSETS_VALID, CallbackEvent, EventHeader, Flow, KernelOffsets, MAX_PORTS, MAX_TGIDS,
-    MsgProbe, NET_RX_SOFTIRQ, PROBE_COUNT, ProbeConfig, ProbeKind, RecvEvent, SchedEvent, SkbEvent,
-    SoftirqEvent, SyscallEvent, TcpEvent, UprobeEvent, doctor_hit,
+    CONFIG_OFFSETS_VALID, CallbackDoneEvent, CallbackEvent, EventHeader, Flow, KernelOffsets,
+    MAX_PORTS, MAX_TGIDS, MsgProbe, NET_RX_SOFTIRQ, PROBE_COUNT, ProbeConfig, ProbeKind, RecvEvent,
+    SchedEvent, SkbEvent, SoftirqEvent, SyscallEvent, TcpEvent, UprobeEvent, doctor_hit,
 };
 
 /// The one ring every probe writes to. User space may resize it at load time.
@@ -521,12 +521,25 @@ pub fn callback_entry(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Uprobe on the engine's done function: the user's callback returned; the value is the
-/// message's `msg_seq`.
+/// Uprobe on the engine's done function `(msg_seq, start_ns, done_ns)`: the user's
+/// callback returned.
 #[uprobe]
 pub fn callback_exit(ctx: ProbeContext) -> u32 {
-    let seq = ctx.arg::<u64>(0).unwrap_or(0);
-    uprobe_hit(ctx.as_ptr(), ProbeKind::CallbackExit, seq)
+    let Some(cfg) = config() else { return 0 };
+    let ts = now();
+    if !tgid_traced(cfg, current_tgid()) {
+        return 0;
+    }
+    // SAFETY: the context pointer is the program's own.
+    let attach = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    emit(ProbeKind::CallbackExit, ts, |hdr| CallbackDoneEvent {
+        hdr,
+        attach,
+        msg_seq: ctx.arg::<u64>(0).unwrap_or(0),
+        start_ns: ctx.arg::<u64>(1).unwrap_or(0),
+        done_ns: ctx.arg::<u64>(2).unwrap_or(0),
+    });
+    0
 }
 
 /// Uprobe on a user-chosen symbol.

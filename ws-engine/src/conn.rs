@@ -13,7 +13,7 @@ use crate::decoder::{Decoded, Decoder, Event, Limits, MsgKind};
 use crate::frame::{self, MAX_HEADER, OpCode, ProtocolError, close_code};
 use crate::handshake::{ClientHandshake, HandshakeError, HandshakeOptions, WsUrl};
 use crate::mask::copy_masked;
-use crate::probe::call_through_probe;
+use crate::probe::{call_through_probe, ws_engine_message_done};
 use crate::ring::{MirroredRing, RingError};
 use crate::stamps::{StampLog, StampRecord};
 use crate::tls::{TlsError, TlsInfo, TlsOptions, TlsTransport};
@@ -796,7 +796,11 @@ impl Conn {
                             };
                             let mut ctx = ConnCtx { id: *id, out };
                             probe.stamps.callback_ns = clock.now_ns();
+                            // Stamped inside the probe function, so a uprobe on it (when
+                            // traced) is before `start`, not inside the callback's time.
+                            let (mut start, mut done) = (0, 0);
                             call_through_probe(probe, &mut |p: &MsgProbe| {
+                                start = clock.raw();
                                 invoke(CallbackKind::Message, ctx.id, data.len(), || {
                                     h.on_message(
                                         &mut ctx,
@@ -806,9 +810,14 @@ impl Conn {
                                             probe: p,
                                         },
                                     )
-                                })
+                                });
+                                done = clock.raw();
                             });
-                            let done = clock.raw();
+                            ws_engine_message_done(
+                                probe.msg_seq,
+                                clock.to_ns(start),
+                                clock.to_ns(done),
+                            );
                             if log.enabled() {
                                 log.push(StampRecord {
                                     conn_id: probe.conn_id,

@@ -1,8 +1,10 @@
 //! The probe points: every message reaches the user's callback through
 //! [`ws_engine_on_message`], whose first argument points at the filled [`MsgProbe`], and
-//! the engine calls [`ws_engine_message_done`] with the message's `msg_seq` when the
-//! callback has returned. ws-trace's uprobes on the two read the struct and mark the
-//! callback's start and end.
+//! the engine calls [`ws_engine_message_done`] with the message's `msg_seq` and its own
+//! stamps of the callback's start and end when the callback has returned. ws-trace's
+//! uprobes on the two read the struct and the stamps. The stamps are taken inside the
+//! probe function (after its uprobe has run) and before the done call, so the callback's
+//! measured time holds no probe cost.
 //!
 //! On x86-64 both symbols start with a 5-byte nop (`nopl 0(%rax,%rax,1)`). The kernel
 //! (6.18+) rewrites a uprobe on such a nop into a call to its uprobe trampoline, which on
@@ -59,24 +61,26 @@ pub unsafe extern "C" fn ws_engine_on_message(probe: *const MsgProbe, ctx: *mut 
     unsafe { on_message_body(probe, ctx) }
 }
 
-/// Marks the end of message `msg_seq`'s callback: a uprobe site and nothing else.
+/// Marks the end of message `msg_seq`'s callback, which ran from `start_ns` to `done_ns`
+/// (CLOCK_MONOTONIC): a uprobe site and nothing else.
 #[cfg(target_arch = "x86_64")]
 #[unsafe(no_mangle)]
 #[unsafe(naked)]
-pub extern "C" fn ws_engine_message_done(msg_seq: u64) {
+pub extern "C" fn ws_engine_message_done(msg_seq: u64, start_ns: u64, done_ns: u64) {
     core::arch::naked_asm!(".byte 0x0f, 0x1f, 0x44, 0x00, 0x00", "ret")
 }
 
-/// Marks the end of message `msg_seq`'s callback: a uprobe site and nothing else.
+/// Marks the end of message `msg_seq`'s callback, which ran from `start_ns` to `done_ns`
+/// (CLOCK_MONOTONIC): a uprobe site and nothing else.
 #[cfg(not(target_arch = "x86_64"))]
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn ws_engine_message_done(msg_seq: u64) {
-    std::hint::black_box(msg_seq);
+pub extern "C" fn ws_engine_message_done(msg_seq: u64, start_ns: u64, done_ns: u64) {
+    std::hint::black_box((msg_seq, start_ns, done_ns));
 }
 
-/// Runs `f` with `probe` through [`ws_engine_on_message`], then calls
-/// [`ws_engine_message_done`].
+/// Runs `f` with `probe` through [`ws_engine_on_message`]. The caller stamps inside `f`
+/// and reports with [`ws_engine_message_done`].
 #[inline(always)]
 pub(crate) fn call_through_probe(probe: &MsgProbe, f: &mut dyn FnMut(&MsgProbe)) {
     let mut target: ProbeTarget<'_> = f;
@@ -87,7 +91,6 @@ pub(crate) fn call_through_probe(probe: &MsgProbe, f: &mut dyn FnMut(&MsgProbe))
             &mut target as *mut ProbeTarget<'_> as *mut c_void,
         )
     };
-    ws_engine_message_done(probe.msg_seq);
 }
 
 /// Name of the probe symbol (same as [`ws_abi::ENGINE_PROBE_SYMBOL`]).

@@ -15,7 +15,9 @@
 //! already running, so there was no wakeup) is absent, not zero.
 use std::collections::HashMap;
 
-use ws_abi::{CallbackEvent, ProbeKind, RecvEvent, SchedEvent, SkbEvent, TcpEvent, TlsPath};
+use ws_abi::{
+    CallbackDoneEvent, CallbackEvent, ProbeKind, RecvEvent, SchedEvent, SkbEvent, TcpEvent, TlsPath,
+};
 
 use crate::decode::Event;
 
@@ -43,9 +45,11 @@ pub enum Stamp {
     RecvEnd,
     /// The engine parsed and validated the message.
     Parsed,
-    /// The user's callback was entered (uprobe).
+    /// The user's callback was called (engine stamp inside the probe function, after its
+    /// uprobe; the uprobe's own stamp for engines that give none).
     Callback,
-    /// The user's callback returned (uprobe on the engine's done function).
+    /// The user's callback returned (engine stamp before the done function; else that
+    /// function's uprobe).
     CallbackDone,
 }
 
@@ -284,7 +288,7 @@ pub fn correlate(events: &[Event]) -> Correlation {
     let mut switch_ins: HashMap<u32, Series<SchedEvent>> = HashMap::new();
     let mut epolls: HashMap<u32, Series<()>> = HashMap::new();
     // Callback exits by (thread, msg_seq): the engine's done function names its message.
-    let mut exits: HashMap<(u32, u64), Series<()>> = HashMap::new();
+    let mut exits: HashMap<(u32, u64), Series<CallbackDoneEvent>> = HashMap::new();
     let mut callbacks: Vec<CallbackEvent> = Vec::new();
     for e in events {
         let h = e.header();
@@ -308,8 +312,8 @@ pub fn correlate(events: &[Event]) -> Correlation {
                 series_push(&mut switch_ins, s.next_tid, h.ts_ns, *s)
             }
             (ProbeKind::EpollExit, _) => series_push(&mut epolls, h.tid, h.ts_ns, ()),
-            (ProbeKind::CallbackExit, Event::Uprobe(u)) => {
-                series_push(&mut exits, (h.tid, u.value), h.ts_ns, ())
+            (ProbeKind::CallbackExit, Event::CallbackDone(d)) => {
+                series_push(&mut exits, (h.tid, d.msg_seq), h.ts_ns, *d)
             }
             (ProbeKind::CallbackEntry, Event::Callback(c)) => callbacks.push(*c),
             _ => {}
@@ -352,7 +356,7 @@ pub fn correlate(events: &[Event]) -> Correlation {
         if p.clock_error_ns != 0 {
             out.engine_clock_error_ns = out.engine_clock_error_ns.max(Some(p.clock_error_ns));
         }
-        let Some((exit_ts, ())) = exits
+        let Some((exit_ts, done)) = exits
             .get(&(tid, p.msg_seq))
             .and_then(|s| s.first_within(entry, u64::MAX))
         else {
@@ -463,8 +467,15 @@ pub fn correlate(events: &[Event]) -> Correlation {
         stamps[Stamp::Decrypt as usize] = nz(st.decrypt_start_ns);
         stamps[Stamp::RecvEnd as usize] = nz(st.recv_end_ns);
         stamps[Stamp::Parsed as usize] = nz(st.parsed_ns);
-        stamps[Stamp::Callback as usize] = Some(entry);
-        stamps[Stamp::CallbackDone as usize] = Some(exit_ts);
+        // The engine's stamps of the callback itself (inside the probe function, before
+        // the done call) leave both uprobes' costs out of it; the uprobes' own stamps stand
+        // in where the engine gave none.
+        let (start, end) = match (done.start_ns, done.done_ns) {
+            (s, d) if s != 0 && d >= s => (s, d),
+            _ => (entry, exit_ts),
+        };
+        stamps[Stamp::Callback as usize] = Some(start);
+        stamps[Stamp::CallbackDone as usize] = Some(end);
         out.rows.push(MessageRow {
             cookie: p.sock_cookie,
             conn_id: p.conn_id,

@@ -1,7 +1,7 @@
 //! Turning ring-buffer records into typed events.
 use ws_abi::{
-    CallbackEvent, EventHeader, ProbeKind, RecvEvent, SchedEvent, SkbEvent, SoftirqEvent,
-    SyscallEvent, TcpEvent, UprobeEvent,
+    CallbackDoneEvent, CallbackEvent, EventHeader, ProbeKind, RecvEvent, SchedEvent, SkbEvent,
+    SoftirqEvent, SyscallEvent, TcpEvent, UprobeEvent,
 };
 
 /// A record that is not a valid event of this ABI.
@@ -37,7 +37,9 @@ pub enum Event {
     Recv(RecvEvent),
     /// The engine's probe function was entered.
     Callback(CallbackEvent),
-    /// Callback exit, or a user-chosen uprobe/uretprobe.
+    /// The engine's done function: the callback returned.
+    CallbackDone(CallbackDoneEvent),
+    /// A user-chosen uprobe/uretprobe.
     Uprobe(UprobeEvent),
 }
 
@@ -52,6 +54,7 @@ impl Event {
             Event::Syscall(e) => &e.hdr,
             Event::Recv(e) => &e.hdr,
             Event::Callback(e) => &e.hdr,
+            Event::CallbackDone(e) => &e.hdr,
             Event::Uprobe(e) => &e.hdr,
         }
     }
@@ -122,6 +125,15 @@ impl std::fmt::Display for Event {
                     p.conn_id, p.sock_cookie, p.msg_seq, p.len, p.stream_end, p.opcode
                 )
             }
+            Event::CallbackDone(e) => write!(
+                f,
+                " attach={} msg={} callback {}..{} ({} ns)",
+                e.attach,
+                e.msg_seq,
+                e.start_ns,
+                e.done_ns,
+                e.done_ns.saturating_sub(e.start_ns)
+            ),
             Event::Uprobe(e) => write!(f, " attach={} value={:#x}", e.attach, e.value),
         }
     }
@@ -139,6 +151,22 @@ fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     // plain integers (aya::Pod), valid for any bit pattern; read_unaligned has no
     // alignment requirement.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// A `callback_exit` record: ABI 6's [`CallbackDoneEvent`], or the 40-byte uprobe record
+/// of ABI 5 files (`value` = `msg_seq`, no engine stamps).
+fn callback_done(bytes: &[u8]) -> Result<CallbackDoneEvent, DecodeError> {
+    if bytes.len() >= std::mem::size_of::<CallbackDoneEvent>() {
+        return read(bytes);
+    }
+    let old: UprobeEvent = read(bytes)?;
+    Ok(CallbackDoneEvent {
+        hdr: old.hdr,
+        attach: old.attach,
+        msg_seq: old.value,
+        start_ns: 0,
+        done_ns: 0,
+    })
 }
 
 /// Decodes one ring-buffer record.
@@ -159,9 +187,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         ProbeKind::EpollExit => Event::Syscall(read(bytes)?),
         ProbeKind::SockRecv => Event::Recv(read(bytes)?),
         ProbeKind::CallbackEntry => Event::Callback(read(bytes)?),
-        ProbeKind::CallbackExit | ProbeKind::UserEntry | ProbeKind::UserExit => {
-            Event::Uprobe(read(bytes)?)
-        }
+        ProbeKind::CallbackExit => Event::CallbackDone(callback_done(bytes)?),
+        ProbeKind::UserEntry | ProbeKind::UserExit => Event::Uprobe(read(bytes)?),
     })
 }
 
@@ -203,5 +230,43 @@ mod tests {
         bad[8] = 0xff;
         bad[9] = 0x7f;
         assert_eq!(decode(&bad), Err(DecodeError::UnknownKind(0x7fff)));
+    }
+
+    #[test]
+    fn callback_exits_of_both_abis_decode() {
+        let hdr = EventHeader {
+            ts_ns: 1000,
+            kind: ProbeKind::CallbackExit as u16,
+            cpu: 0,
+            tid: 9,
+            tgid: 9,
+            _pad: 0,
+        };
+        let new = CallbackDoneEvent {
+            hdr,
+            attach: 1,
+            msg_seq: 17,
+            start_ns: 900,
+            done_ns: 990,
+        };
+        assert_eq!(decode(&bytes_of(&new)), Ok(Event::CallbackDone(new)));
+        // ABI 5: a 40-byte uprobe record whose value is the msg_seq.
+        let old = UprobeEvent {
+            hdr,
+            attach: 1,
+            value: 17,
+        };
+        assert_eq!(
+            decode(&bytes_of(&old)),
+            Ok(Event::CallbackDone(CallbackDoneEvent {
+                start_ns: 0,
+                done_ns: 0,
+                ..new
+            }))
+        );
+        assert_eq!(
+            decode(&bytes_of(&old)[..30]),
+            Err(DecodeError::Short { got: 30, need: 40 })
+        );
     }
 }

@@ -10,8 +10,9 @@
 #![deny(missing_docs)]
 
 /// Version of the record layouts below. Bump it when any layout changes.
-/// (5: the callback's end is a uprobe on [`ENGINE_DONE_SYMBOL`], not a uretprobe.)
-pub const ABI_VERSION: u32 = 5;
+/// (5: the callback's end is a uprobe on [`ENGINE_DONE_SYMBOL`], not a uretprobe;
+/// 6: that probe records a [`CallbackDoneEvent`].)
+pub const ABI_VERSION: u32 = 6;
 
 /// Name of the engine's probe function (an `extern "C"` symbol, never inlined).
 ///
@@ -20,8 +21,11 @@ pub const ABI_VERSION: u32 = 5;
 /// uprobe trampoline instead of a breakpoint trap.
 pub const ENGINE_PROBE_SYMBOL: &str = "ws_engine_on_message";
 
-/// Name of the function the engine calls when the user's callback has returned, with
-/// the message's `msg_seq` as its argument (also a 5-byte nop first on x86-64).
+/// Name of the function the engine calls when the user's callback has returned:
+/// `(msg_seq, start_ns, done_ns)`, the message and the engine's own CLOCK_MONOTONIC stamps
+/// of the callback's start and end (taken inside the probe function, after its uprobe,
+/// and before this call, so neither trap is inside them). Also a 5-byte nop first on
+/// x86-64.
 ///
 /// A uprobe there marks the end of the callback; a uretprobe on [`ENGINE_PROBE_SYMBOL`]
 /// would cost a second trap per message.
@@ -217,9 +221,8 @@ impl ProbeKind {
             ProbeKind::EpollExit => size_of::<SyscallEvent>(),
             ProbeKind::SockRecv => size_of::<RecvEvent>(),
             ProbeKind::CallbackEntry => size_of::<CallbackEvent>(),
-            ProbeKind::CallbackExit | ProbeKind::UserEntry | ProbeKind::UserExit => {
-                size_of::<UprobeEvent>()
-            }
+            ProbeKind::CallbackExit => size_of::<CallbackDoneEvent>(),
+            ProbeKind::UserEntry | ProbeKind::UserExit => size_of::<UprobeEvent>(),
         }
     }
 }
@@ -398,17 +401,32 @@ pub struct CallbackEvent {
     pub probe: MsgProbe,
 }
 
-/// A uprobe or uretprobe hit (callback exit, or a user-chosen symbol).
+/// A uprobe or uretprobe hit on a user-chosen symbol.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UprobeEvent {
     /// Common header.
     pub hdr: EventHeader,
-    /// Attach cookie: index of the `--uprobe` (or binary) this came from.
+    /// Attach cookie: index of the `--uprobe` this came from.
     pub attach: u64,
-    /// First argument (entry probes, and callback exit: the message's `msg_seq`) or
-    /// return value (user exit probes).
+    /// First argument (entry) or return value (exit).
     pub value: u64,
+}
+
+/// The engine's user callback returned (uprobe on [`ENGINE_DONE_SYMBOL`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallbackDoneEvent {
+    /// Common header (its stamp: the uprobe's, just after the callback returned).
+    pub hdr: EventHeader,
+    /// Attach cookie: which attached binary this came from.
+    pub attach: u64,
+    /// The message (`MsgProbe::msg_seq`).
+    pub msg_seq: u64,
+    /// Engine stamp, CLOCK_MONOTONIC ns: the callback is called (after the entry uprobe).
+    pub start_ns: u64,
+    /// Engine stamp, CLOCK_MONOTONIC ns: the callback returned (before the done uprobe).
+    pub done_ns: u64,
 }
 
 /// Field offsets of kernel structs, read by user space from the running kernel's BTF
@@ -600,6 +618,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::UprobeEvent {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::CallbackDoneEvent {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProbeConfig {}
@@ -624,6 +644,7 @@ mod tests {
         assert_eq!(size_of::<RecvEvent>(), 64);
         assert_eq!(size_of::<CallbackEvent>(), 144);
         assert_eq!(size_of::<UprobeEvent>(), 40);
+        assert_eq!(size_of::<CallbackDoneEvent>(), 56);
         assert_eq!(size_of::<KernelOffsets>(), 80);
         assert_eq!(size_of::<ProbeConfig>(), 88);
         assert_eq!(size_of::<MsgStamps>(), 48);
