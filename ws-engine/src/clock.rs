@@ -210,7 +210,7 @@ impl Clock {
         clock
     }
 
-    /// Refines the conversion if [`REFINE_EVERY_NS`] (100 ms) have passed since the last
+    /// Refines the conversion if 100 ms have passed since the last
     /// time: one rdtsc and a compare otherwise. Call it where a little work does not
     /// delay anything (an event loop: before it waits).
     #[inline]

@@ -88,6 +88,11 @@ fn test() -> anyhow::Result<()> {
         "warnings",
     ])?;
     util::clippy_probes()?;
+    // Doc comments too: broken intra-doc links and public docs pointing at private items.
+    util::run(
+        util::cargo_command(&["doc", "--no-deps", "--workspace", "--exclude", "ws-ebpf"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
     util::cargo(&[
         "test",
         "--workspace",

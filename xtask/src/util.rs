@@ -32,8 +32,15 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 
 /// Runs the workspace's cargo with `args` at the workspace root.
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    run(&mut cargo_command(args))
+}
+
+/// The `cargo ARGS` command in the workspace root, to adjust before running.
+pub fn cargo_command(args: &[&str]) -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    run(Command::new(cargo).args(args).current_dir(root()))
+    let mut cmd = Command::new(cargo);
+    cmd.args(args).current_dir(root());
+    cmd
 }
 
 /// A command running `program` as root: directly when we are root, else through sudo.

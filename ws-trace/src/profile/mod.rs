@@ -4,7 +4,7 @@
 //! every CPU counts samples per (process, user stack, kernel stack) in a kernel hash map,
 //! and with `--off-cpu` a `sched_switch` program sums the time each thread spends switched
 //! out per the stacks it left the CPU with. Nothing is streamed: user space reads both maps
-//! once at the end. [`symbolize`] turns the stacks into names with blazesym (ELF symbols,
+//! once at the end. [`symbolize`](mod@symbolize) turns the stacks into names with blazesym (ELF symbols,
 //! DWARF, demangled Rust/C++, kernel frames from kallsyms; unknown frames stay as
 //! `module+0xoffset`). The outputs are one file each: [`folded`], [`svg`], [`pprof`].
 //! [`series`] samples the target's CPU, RSS and context switches per interval, and
