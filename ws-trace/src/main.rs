@@ -206,12 +206,7 @@ fn run() -> anyhow::Result<ExitCode> {
             plain,
         } => {
             privileges::require_tracing()?;
-            let stop = Arc::new(AtomicBool::new(false));
-            {
-                let stop = stop.clone();
-                ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
-                    .context("installing the Ctrl-C handler")?;
-            }
+            let stop = stop_on_ctrl_c()?;
             let opts = demo::DemoOptions {
                 duration: Duration::try_from_secs_f64(duration)
                     .context("--duration must be a non-negative number of seconds")?,
@@ -314,12 +309,7 @@ fn attach_command(args: AttachArgs) -> anyhow::Result<ExitCode> {
     if args.log {
         env_logger_init();
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
-            .context("installing the Ctrl-C handler")?;
-    }
+    let stop = stop_on_ctrl_c()?;
     let duration = args
         .duration
         .map(Duration::try_from_secs_f64)
@@ -573,12 +563,7 @@ fn profile_command(args: ProfileArgs) -> anyhow::Result<ExitCode> {
             )
         })?,
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
-            .context("installing the Ctrl-C handler")?;
-    }
+    let stop = stop_on_ctrl_c()?;
     let secs = |s: f64, what: &str| {
         Duration::try_from_secs_f64(s)
             .with_context(|| format!("{what} must be a non-negative number of seconds"))
@@ -740,4 +725,13 @@ fn diff_command(
         output.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A flag that Ctrl-C (SIGINT, SIGTERM) sets; the sessions poll it and detach.
+fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
+        .context("installing the Ctrl-C handler")?;
+    Ok(stop)
 }
