@@ -315,15 +315,7 @@ fn attach_command(args: AttachArgs) -> anyhow::Result<ExitCode> {
         .map(Duration::try_from_secs_f64)
         .transpose()
         .context("--duration must be a non-negative number of seconds")?;
-    let mut target = if let Some(pid) = args.pid {
-        Target::pid(pid)?
-    } else if let Some(comm) = &args.comm {
-        Target::Comm(comm.clone())
-    } else if !args.command.is_empty() {
-        Target::spawn(&args.command)?
-    } else {
-        Target::All
-    };
+    let mut target = Target::select(args.pid, args.comm.as_deref(), &args.command)?;
     let tgids = target.tgids()?;
     if let Target::Comm(name) = &target
         && tgids.is_empty()
@@ -577,15 +569,7 @@ fn profile_command(args: ProfileArgs) -> anyhow::Result<ExitCode> {
             .map(|s| secs(s, "--series").map(|d| d.max(Duration::from_millis(100))))
             .transpose()?,
     };
-    let mut target = if let Some(pid) = args.pid {
-        Target::pid(pid)?
-    } else if let Some(comm) = &args.comm {
-        Target::Comm(comm.clone())
-    } else if !args.command.is_empty() {
-        Target::spawn(&args.command)?
-    } else {
-        Target::All
-    };
+    let mut target = Target::select(args.pid, args.comm.as_deref(), &args.command)?;
     eprintln!(
         "ws-trace: profiling {} at {} Hz{}{}; Ctrl-C to stop",
         target.describe(),

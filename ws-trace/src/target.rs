@@ -55,6 +55,24 @@ pub enum Target {
 }
 
 impl Target {
+    /// What the CLI's target options name, first match wins: `--pid`, else `--comm`, else
+    /// `-- CMD` (started held back), else every process.
+    pub fn select(
+        pid: Option<u32>,
+        comm: Option<&str>,
+        command: &[String],
+    ) -> Result<Target, TargetError> {
+        if let Some(pid) = pid {
+            Target::pid(pid)
+        } else if let Some(comm) = comm {
+            Ok(Target::Comm(comm.to_string()))
+        } else if !command.is_empty() {
+            Target::spawn(command)
+        } else {
+            Ok(Target::All)
+        }
+    }
+
     /// A running process.
     pub fn pid(pid: u32) -> Result<Target, TargetError> {
         if PathBuf::from(format!("/proc/{pid}")).exists() {
