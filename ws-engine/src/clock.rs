@@ -80,6 +80,11 @@ fn mult_of(dt: u64, dn: u64) -> u64 {
     ((u128::from(dn) << SHIFT) / u128::from(dt.max(1))) as u64
 }
 
+/// Ticks per second for `dt` ticks in `dn` ns.
+fn hz_of(dt: u64, dn: u64) -> u64 {
+    (u128::from(dt) * 1_000_000_000 / u128::from(dn.max(1))) as u64
+}
+
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -191,7 +196,7 @@ impl Clock {
         let dt = t1.saturating_sub(t0).max(1);
         let dn = n1.saturating_sub(n0);
         let mult = mult_of(dt, dn);
-        let tsc_hz = (u128::from(dt) * 1_000_000_000 / u128::from(dn.max(1))) as u64;
+        let tsc_hz = hz_of(dt, dn);
         let mut clock = Clock {
             cal: Calibration {
                 source: ClockSource::Tsc,
@@ -237,7 +242,7 @@ impl Clock {
             let dt = t.wrapping_sub(self.rate_tsc).max(1);
             let dn = n.saturating_sub(self.rate_ns).max(1);
             self.cal.mult = mult_of(dt, dn);
-            self.cal.tsc_hz = (u128::from(dt) * 1_000_000_000 / u128::from(dn)) as u64;
+            self.cal.tsc_hz = hz_of(dt, dn);
             self.rate_tsc = t;
             self.rate_ns = n;
         }
