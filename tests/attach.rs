@@ -14,7 +14,7 @@ use ws_abi::ProbeKind;
 use ws_engine::server::{Feed, FeedServer};
 use ws_tests::require_for_test;
 use ws_trace::{
-    attach::{self, AttachOptions, Plan},
+    attach::{self, AttachOptions, EngineRecords, Plan},
     decode::Event,
     target::Target,
 };
@@ -46,11 +46,43 @@ fn unrelated_flow(stop: Arc<AtomicBool>) -> (BTreeSet<u16>, std::thread::JoinHan
     (ports, handle)
 }
 
+/// The two sessions of this file run one after the other: each measures a traced client.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn every_stage_arrives_for_the_traced_engine_client() {
     if !require_for_test("every_stage_arrives_for_the_traced_engine_client") {
         return;
     }
+    every_stage_arrives(EngineRecords::Channel, false);
+}
+
+#[test]
+fn every_stage_arrives_through_the_engine_uprobes() {
+    if !require_for_test("every_stage_arrives_through_the_engine_uprobes") {
+        return;
+    }
+    every_stage_arrives(EngineRecords::Uprobes, false);
+}
+
+/// The same, with the fallbacks of kernels before 6.3 forced (`tcp_rcv_space_adjust` for
+/// the reads, `inet_sock_set_state` for port learning): they must give the same records
+/// and the same joins.
+#[test]
+fn every_stage_arrives_with_the_pre_6_3_fallbacks() {
+    if !require_for_test("every_stage_arrives_with_the_pre_6_3_fallbacks") {
+        return;
+    }
+    every_stage_arrives(EngineRecords::Channel, true);
+}
+
+/// The engine's records come from its stamp channel (`Channel`) or from the uprobes on its
+/// probe functions (`Uprobes`); with `force_fallbacks` the reads and port learning use the
+/// hooks of kernels before 6.3. Everything else is the same.
+fn every_stage_arrives(engine_records: EngineRecords, force_fallbacks: bool) {
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let stop_unrelated = Arc::new(AtomicBool::new(false));
     let (unrelated_ports, unrelated) = unrelated_flow(stop_unrelated.clone());
     let server = FeedServer::start(Feed {
@@ -61,15 +93,19 @@ fn every_stage_arrives_for_the_traced_engine_client() {
     })
     .expect("feed server");
     let server_addr = server.addr();
-    let mut target =
-        Target::spawn(&[CLIENT.to_string(), server.url().to_string()]).expect("spawn client");
+    let channel = engine_records == EngineRecords::Channel;
+    let mut target = Target::spawn_with(&[CLIENT.to_string(), server.url().to_string()], channel)
+        .expect("spawn client");
     let tgid = *target.tgids().expect("tgids").first().expect("one pid");
     let binary = PathBuf::from(CLIENT);
+    let mut plan = Plan {
+        user_uprobes: vec![(binary.clone(), "feed_client_tick".into())],
+        engine_records,
+        ..Plan::process(tgid, vec![binary])
+    };
+    plan.load.force_fallbacks = force_fallbacks;
     let opts = AttachOptions {
-        plan: Plan {
-            user_uprobes: vec![(binary.clone(), "feed_client_tick".into())],
-            ..Plan::process(tgid, vec![binary])
-        },
+        plan,
         duration: Some(Duration::from_secs(60)),
         refresh: None,
     };
@@ -86,10 +122,31 @@ fn every_stage_arrives_for_the_traced_engine_client() {
         summary.notes.iter().any(|n| n.contains("exited")),
         "{summary}"
     );
+    // The notes say which fallbacks are in use: the forced ones, or those of this kernel.
+    let kernel_lacks = !std::path::Path::new("/sys/kernel/tracing/events/sock/sock_recv_length")
+        .exists()
+        && !std::path::Path::new("/sys/kernel/debug/tracing/events/sock/sock_recv_length").exists();
+    for instead in ["tcp_rcv_space_adjust", "inet_sock_set_state"] {
+        assert_eq!(
+            summary.notes.iter().any(|n| n.contains(instead)),
+            force_fallbacks || kernel_lacks,
+            "fallback {instead} in the notes?\n{summary}"
+        );
+    }
 
     let of = |kind: ProbeKind| events.iter().filter(move |e| e.kind() == kind);
 
-    // Callback uprobes: one entry and one exit per message, from the client, in order.
+    if channel {
+        let c = summary.channel.expect("channel totals");
+        assert_eq!(
+            (c.rings, c.records, c.drops, c.lapses),
+            (1, MESSAGES as u64, 0, 0)
+        );
+    } else {
+        assert!(summary.channel.is_none());
+    }
+
+    // Callback records: one entry and one exit per message, from the client, in order.
     let entries: Vec<_> = of(ProbeKind::CallbackEntry)
         .filter_map(|e| match e {
             Event::Callback(c) => Some(*c),
@@ -113,6 +170,24 @@ fn every_stage_arrives_for_the_traced_engine_client() {
     );
     for (entry, exit) in entries.iter().zip(&exits) {
         assert_eq!(exit.hdr.tid, entry.hdr.tid);
+        if channel {
+            // The channel's events carry the engine's stamps: the entry is stamped as the
+            // callback is called, the end as it returned.
+            assert_eq!(
+                entry.attach & ws_abi::channel::CHANNEL_ATTACH,
+                ws_abi::channel::CHANNEL_ATTACH
+            );
+            assert_eq!(entry.hdr.ts_ns, entry.probe.stamps.callback_ns);
+            assert_eq!(exit.hdr.ts_ns, exit.done_ns);
+            assert!(
+                entry.hdr.ts_ns <= exit.start_ns && exit.start_ns <= exit.done_ns,
+                "callback {} <= {}..{}",
+                entry.hdr.ts_ns,
+                exit.start_ns,
+                exit.done_ns
+            );
+            continue;
+        }
         assert!(
             entry.hdr.ts_ns < exit.start_ns
                 && exit.start_ns <= exit.done_ns
@@ -219,6 +294,10 @@ fn every_stage_arrives_for_the_traced_engine_client() {
         .filter(|e| matches!(e, Event::Sched(s) if s.next_tgid == tgid))
         .count();
     assert!(wakeups > 0, "no wakeups of the client");
+    let wakings = of(ProbeKind::SchedWaking)
+        .filter(|e| matches!(e, Event::Sched(s) if s.next_tgid == tgid))
+        .count();
+    assert!(wakings > 0, "no waking of the client");
     for e in of(ProbeKind::SchedSwitch) {
         let Event::Sched(s) = e else { continue };
         assert!(
@@ -254,6 +333,7 @@ fn every_stage_arrives_for_the_traced_engine_client() {
             Nic,
             Softirq,
             Tcp,
+            Waking,
             Wakeup,
             OnCpu,
             Epoll,
@@ -267,12 +347,14 @@ fn every_stage_arrives_for_the_traced_engine_client() {
             kernel.windows(2).all(|w| w[0] <= w[1]),
             "kernel stamps out of order: {r:?}"
         );
-        // So do the engine's.
+        // So do the engine's. The read's start is left out where the read began before
+        // the segment reached TCP (it held the socket while the packet waited in the
+        // backlog): rare on a fast machine, common in a slow VM.
         let engine: Vec<u64> = [RecvStart, RecvEnd, Parsed]
             .iter()
             .filter_map(|s| r.at(*s))
             .collect();
-        assert_eq!(engine.len(), 3, "{r:?}");
+        assert!(r.at(RecvEnd).is_some() && r.at(Parsed).is_some(), "{r:?}");
         assert!(
             engine.windows(2).all(|w| w[0] <= w[1]),
             "engine stamps out of order: {r:?}"
@@ -282,6 +364,13 @@ fn every_stage_arrives_for_the_traced_engine_client() {
             "{r:?}"
         );
     }
+
+    let with_start = c.rows.iter().filter(|r| r.at(RecvStart).is_some()).count();
+    assert!(
+        with_start * 2 >= c.rows.len(),
+        "only {with_start} of {} rows have the read's start",
+        c.rows.len()
+    );
 
     // Nothing at all from this (untraced) test process.
     let me = std::process::id();

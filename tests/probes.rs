@@ -1,5 +1,5 @@
 //! The kernel probes, for real, as root: events arrive with the right contents.
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use ws_abi::{NET_RX_SOFTIRQ, ProbeKind};
 use ws_tests::{loopback_echo, monotonic_ns, require_for_test};
@@ -268,4 +268,53 @@ fn bad_ring_sizes_are_refused_before_loading() {
             "ring size {bytes} accepted"
         );
     }
+}
+
+/// Not a test: loads the probe object and prints what happened; run without privileges by
+/// `loading_without_privileges_says_what_to_do`.
+#[test]
+#[ignore = "helper process, started by loading_without_privileges_says_what_to_do"]
+fn load_probe_object_process() {
+    use ws_trace::loader::{MIN_RING_BYTES, ProbeObject};
+    match ProbeObject::load(MIN_RING_BYTES) {
+        Ok(_) => println!("outcome: loaded"),
+        Err(e) => println!("outcome: {e}"),
+    }
+}
+
+#[test]
+fn loading_without_privileges_says_what_to_do() {
+    // Needs root to drop to an unprivileged user in the first place.
+    if !require_for_test("loading_without_privileges_says_what_to_do") {
+        return;
+    }
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ])
+        .arg(exe)
+        .args([
+            "--ignored",
+            "--exact",
+            "load_probe_object_process",
+            "--nocapture",
+        ])
+        .output()
+        .expect("run setpriv (util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let outcome = stdout
+        .lines()
+        // (libtest may print "test NAME ... " on the same line first)
+        .find_map(|l| l.split_once("outcome: ").map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("no outcome: {out:?}"));
+    assert!(
+        outcome.contains("sudo") && outcome.contains("CAP_BPF+CAP_PERFMON"),
+        "{outcome}"
+    );
 }

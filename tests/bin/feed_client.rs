@@ -2,7 +2,10 @@
 //! messages it receives until the server closes, then prints `received N cookie C` and
 //! exits 0 (1 on any error). `--spin-us` makes every callback busy-wait that long (a known
 //! callback cost); `--cpu` pins the client to one CPU; `--fifo P` makes it a real-time
-//! (SCHED_FIFO) task of priority P.
+//! (SCHED_FIFO) task of priority P; `--report FILE` writes the callbacks' own timing there
+//! (`callback_p50_ns N`: the median of each `on_message`'s duration, read with
+//! `Instant` at its entry and exit), the ground truth a traced callback stage is checked
+//! against.
 use std::process::ExitCode;
 
 use ws_engine::{
@@ -15,6 +18,8 @@ struct Count {
     bytes: u64,
     failed: Option<String>,
     spin: std::time::Duration,
+    /// Each callback's duration by its own clock, when `--report` asks for it.
+    durations: Option<Vec<u64>>,
 }
 
 /// Called once per message with its index: a plain symbol for `--uprobe` tests.
@@ -26,12 +31,13 @@ pub extern "C" fn feed_client_tick(index: u64) -> u64 {
 
 impl Handler for Count {
     fn on_message(&mut self, _conn: &mut ConnCtx<'_>, msg: Message<'_>) {
+        let entered = std::time::Instant::now();
         feed_client_tick(self.received);
-        if !self.spin.is_zero() {
-            let start = std::time::Instant::now();
-            while start.elapsed() < self.spin {
-                std::hint::spin_loop();
-            }
+        while entered.elapsed() < self.spin {
+            std::hint::spin_loop();
+        }
+        if let Some(d) = self.durations.as_mut() {
+            d.push(entered.elapsed().as_nanos() as u64);
         }
         self.received += 1;
         self.bytes += msg.data.len() as u64;
@@ -45,13 +51,15 @@ impl Handler for Count {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(url) = args.first().cloned() else {
-        eprintln!("usage: feed_client <url> [--spin-us N] [--cpu C] [--fifo P]");
+        eprintln!("usage: feed_client <url> [--spin-us N] [--cpu C] [--fifo P] [--report FILE]");
         return ExitCode::from(2);
     };
-    let option = |name: &str| -> Option<u64> {
+    // The word after `name`, and as a number.
+    let value = |name: &str| -> Option<String> {
         let i = args.iter().position(|a| a == name)?;
-        args.get(i + 1)?.parse().ok()
+        args.get(i + 1).cloned()
     };
+    let option = |name: &str| -> Option<u64> { value(name)?.parse().ok() };
     if let Some(cpu) = option("--cpu") {
         let mut set = nix::sched::CpuSet::new();
         if set.set(cpu as usize).is_err()
@@ -90,8 +98,10 @@ fn main() -> ExitCode {
         }
     };
     let cookie = el.sock_cookie(id).unwrap_or(0);
+    let report = value("--report");
     let mut count = Count {
         spin,
+        durations: report.as_ref().map(|_| Vec::with_capacity(1 << 16)),
         ..Count::default()
     };
     if let Err(e) = el.run(&mut count) {
@@ -101,6 +111,14 @@ fn main() -> ExitCode {
     if let Some(e) = count.failed {
         eprintln!("feed_client: {e}");
         return ExitCode::FAILURE;
+    }
+    if let (Some(path), Some(mut d)) = (report, count.durations.take()) {
+        d.sort_unstable();
+        let p50 = d.get(d.len() / 2).copied().unwrap_or(0);
+        if let Err(e) = std::fs::write(&path, format!("callback_p50_ns {p50}\n")) {
+            eprintln!("feed_client: writing {path}: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     println!(
         "received {} bytes {} cookie {cookie}",

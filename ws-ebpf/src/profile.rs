@@ -14,7 +14,7 @@ use ws_abi::{
     PROFILE_OFF_CPU, PROFILE_ON_CPU, ProfileConfig, StackKey,
 };
 
-use crate::{TGIDS, read_kernel};
+use crate::emit::{read_kernel, tgid_in_filter};
 
 /// Index 0: what the profiling programs do (all off while `flags` is 0).
 #[map]
@@ -45,8 +45,7 @@ fn profile_config() -> Option<&'static ProfileConfig> {
 
 #[inline(always)]
 fn traced(cfg: &ProfileConfig, tgid: u32) -> bool {
-    // SAFETY: the value is only tested for presence, never held across helper calls.
-    tgid != 0 && (cfg.flags & PROFILE_FILTER_TGID == 0 || unsafe { TGIDS.get(tgid) }.is_some())
+    tgid != 0 && (cfg.flags & PROFILE_FILTER_TGID == 0 || tgid_in_filter(tgid))
 }
 
 /// Adds `value` to this CPU's `map[key]`, creating the entry when it is missing.

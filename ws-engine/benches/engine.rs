@@ -1,6 +1,9 @@
-//! Receive throughput of ws-engine vs tokio-tungstenite and fastwebsockets, measured in
-//! the same run against the same loopback server, plus the engine's library overhead
-//! (recv_end → callback) from its own stamps.
+//! Receive throughput of ws-engine vs tokio-tungstenite, fastwebsockets and (blocking)
+//! tungstenite, measured in the same run against the same loopback server, each shown as a
+//! share of a raw-read ceiling (the same bytes read with read(2) into a 1 MiB buffer and
+//! only the blaster's frame headers parsed: what no WebSocket client can beat), plus the
+//! engine's library overhead (recv_end → callback) from its own stamps. The engine runs
+//! with every stamp on (as an untraced application sees it).
 //!
 //! `cargo bench -p ws-engine --bench engine -- [--json FILE] [--runs N] [--quick] [--size 64|16384]`
 //!
@@ -18,15 +21,24 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{
-    Args, Sample, accept_upgrade, blast, close_and_drain, engine_receive, on_current_thread,
-    parse_args, print_table, server_frame, take_turns, thread_cpu_ns, tungstenite_receive,
+    Args, Sample, accept_upgrade, blast, close_and_drain, engine_receive, median,
+    on_current_thread, parse_args, print_header, server_frame, take_turns_all, thread_cpu_ns,
+    tungstenite_receive,
 };
 use ws_engine::decoder::{Decoded, Decoder, Limits};
 use ws_engine::frame::OpCode;
 use ws_engine::stamps::percentiles;
 use ws_engine::{ConnConfig, EventLoop, LoopConfig};
 
-const PEERS: [&str; 3] = ["ws-engine", "tokio-tungstenite", "fastwebsockets"];
+const PEERS: [&str; 5] = [
+    "ws-engine",
+    "tokio-tungstenite",
+    "fastwebsockets",
+    "tungstenite",
+    "raw-ceiling",
+];
+/// Index of the ceiling in [`PEERS`]; the WebSocket peers are the ones before it.
+const CEILING: usize = 4;
 
 /// Reads one complete client frame (or fails).
 fn read_client_frame(s: &mut TcpStream, buf: &mut Vec<u8>, dec: &mut Decoder) -> Option<usize> {
@@ -188,6 +200,188 @@ fn run_fastwebsockets(size: usize, n: u64) -> Result<Sample, String> {
     })
 }
 
+fn run_blocking_tungstenite(size: usize, n: u64) -> Result<Sample, String> {
+    use tungstenite::Message as M;
+    let (addr, srv) = serve(Mode::Blast { size, n });
+    let r = (|| {
+        let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let (mut ws, _) =
+            tungstenite::client(format!("ws://{addr}/"), tcp).map_err(|e| e.to_string())?;
+        let t0 = Instant::now();
+        let c0 = thread_cpu_ns();
+        ws.send(M::Binary(b"start".to_vec().into()))
+            .map_err(|e| e.to_string())?;
+        let mut got = 0u64;
+        while got < n {
+            match ws.read().map_err(|e| e.to_string())? {
+                M::Binary(b) => {
+                    if b.len() != size {
+                        return Err("tungstenite: wrong size".to_string());
+                    }
+                    got += 1;
+                }
+                M::Close(_) => return Err(format!("tungstenite: closed after {got}")),
+                _ => {}
+            }
+        }
+        let s = Sample {
+            wall_ns: t0.elapsed().as_nanos() as u64,
+            cpu_ns: thread_cpu_ns() - c0,
+        };
+        drop(ws);
+        Ok(s)
+    })();
+    let _ = srv.join();
+    r
+}
+
+/// The raw-read ceiling: blocking read(2) into a 1 MiB buffer (the engine's default ring
+/// size) and the least parse of the blaster's frames (header, length, skip), no WebSocket
+/// library, no callback, no stamps.
+fn run_raw_ceiling(size: usize, n: u64) -> Result<Sample, String> {
+    let (addr, srv) = serve(Mode::Blast { size, n });
+    let r = (|| {
+        let mut tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let req = format!(
+            "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            tcp.read_exact(&mut b).map_err(|e| e.to_string())?;
+            head.push(b[0]);
+        }
+        if !head.starts_with(b"HTTP/1.1 101") {
+            return Err("raw: handshake refused".to_string());
+        }
+        let mut buf = vec![0u8; 1 << 20];
+        let t0 = Instant::now();
+        let c0 = thread_cpu_ns();
+        // "start", masked with a zero key (the server only checks that it is masked).
+        tcp.write_all(&[0x82, 0x85, 0, 0, 0, 0, b's', b't', b'a', b'r', b't'])
+            .map_err(|e| e.to_string())?;
+        let (mut got, mut bad) = (0u64, 0u64);
+        let mut have = 0usize;
+        while got < n {
+            let r = tcp.read(&mut buf[have..]).map_err(|e| e.to_string())?;
+            if r == 0 {
+                return Err(format!("raw: ended after {got}"));
+            }
+            have += r;
+            let mut at = 0usize;
+            while have - at >= 2 {
+                let b1 = buf[at + 1] & 0x7F;
+                let (hl, len) = match b1 {
+                    126 if have - at >= 4 => {
+                        (4, u16::from_be_bytes([buf[at + 2], buf[at + 3]]) as usize)
+                    }
+                    127 if have - at >= 10 => {
+                        let mut l = [0u8; 8];
+                        l.copy_from_slice(&buf[at + 2..at + 10]);
+                        (10, u64::from_be_bytes(l) as usize)
+                    }
+                    126 | 127 => break,
+                    l => (2, l as usize),
+                };
+                if have - at < hl + len {
+                    break;
+                }
+                if buf[at] & 0x0F == 0x2 {
+                    got += 1;
+                    bad += u64::from(len != size);
+                }
+                at += hl + len;
+            }
+            buf.copy_within(at..have, 0);
+            have -= at;
+        }
+        let s = Sample {
+            wall_ns: t0.elapsed().as_nanos() as u64,
+            cpu_ns: thread_cpu_ns() - c0,
+        };
+        if bad != 0 {
+            return Err(format!("raw: {bad} frames of the wrong size"));
+        }
+        Ok(s)
+    })();
+    let _ = srv.join();
+    r
+}
+
+/// Per-run rows, then the medians with each peer as a share of the ceiling, then the
+/// targets.
+fn print_results(size: usize, rate: &[Vec<f64>], cpu: &[Vec<f64>]) -> ([f64; 5], [f64; 5]) {
+    let runs = rate[0].len();
+    println!(
+        "{:<20} {}",
+        "msgs/s by run",
+        (1..=runs)
+            .map(|r| format!("{:>12}", format!("run {r}")))
+            .collect::<String>()
+    );
+    for (p, peer) in PEERS.iter().enumerate() {
+        let row: String = rate[p].iter().map(|v| format!("{v:>12.0}")).collect();
+        println!("{peer:<20} {row}");
+    }
+    println!("{:<20}", "CPU ns/msg by run");
+    for (p, peer) in PEERS.iter().enumerate() {
+        let row: String = cpu[p].iter().map(|v| format!("{v:>12.1}")).collect();
+        println!("{peer:<20} {row}");
+    }
+    let mr: [f64; 5] = std::array::from_fn(|p| median(&mut rate[p].clone()));
+    let mc: [f64; 5] = std::array::from_fn(|p| median(&mut cpu[p].clone()));
+    println!(
+        "\n{:<20} {:>14} {:>12} {:>16}",
+        "median", "msgs/s", "% ceiling", "CPU ns/msg"
+    );
+    for (p, peer) in PEERS.iter().enumerate() {
+        println!(
+            "{peer:<20} {:>14.0} {:>11.1}% {:>16.1}",
+            mr[p],
+            100.0 * mr[p] / mr[CEILING],
+            mc[p]
+        );
+    }
+    let fastest = (1..CEILING)
+        .max_by(|&a, &b| mr[a].total_cmp(&mr[b]))
+        .unwrap_or(1);
+    let leanest = (1..CEILING)
+        .min_by(|&a, &b| mc[a].total_cmp(&mc[b]))
+        .unwrap_or(1);
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let speedup = mr[0] / mr[fastest];
+    let share = mr[0] / mr[CEILING];
+    if size <= 1024 {
+        println!(
+            "target ws-engine ≥ 1.3× the fastest peer ({}): {speedup:.2}× — {}",
+            PEERS[fastest],
+            verdict(speedup >= 1.3)
+        );
+        println!(
+            "target ws-engine ≥ 40 % of the raw ceiling: {:.1} % — {}",
+            share * 100.0,
+            verdict(share >= 0.4)
+        );
+    } else {
+        println!(
+            "target ws-engine CPU ns/msg ≤ the leanest peer ({}, {:.1}): {:.1} — {}",
+            PEERS[leanest],
+            mc[leanest],
+            mc[0],
+            verdict(mc[0] <= mc[leanest])
+        );
+        println!(
+            "ws-engine vs the fastest peer ({}): {speedup:.2}× msgs/s; {:.1} % of the raw ceiling",
+            PEERS[fastest],
+            share * 100.0
+        );
+    }
+    (mr, mc)
+}
+
 fn main() {
     let Args {
         json,
@@ -195,14 +389,32 @@ fn main() {
         quick,
         size: only,
     } = parse_args(true);
-    let cal = ws_engine::clock::Clock::global().calibration();
-    println!(
-        "clock: {:?}, TSC {:.3} GHz, calibration error {} ns",
-        cal.source,
-        cal.tsc_hz as f64 / 1e9,
-        cal.error_ns
-    );
-    let mut results: Vec<(usize, [f64; 3], [f64; 3])> = Vec::new();
+    print_header("engine");
+    // `BENCH_PROFILE=SECONDS`: run only the engine peer (64 B, or `--size N`) for that long
+    // (a target for `perf record` / `ws-trace profile`), print its rate and exit.
+    if let Some(secs) = std::env::var("BENCH_PROFILE")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+    {
+        let size = only.unwrap_or(64);
+        let n = (128u64 << 20) / size as u64;
+        let until = Instant::now() + Duration::from_secs_f64(secs);
+        while Instant::now() < until {
+            match run_engine(Mode::Blast { size, n }, 0) {
+                Ok((s, _)) => println!(
+                    "ws-engine {size} B: {:.0} msgs/s, {:.1} CPU ns/msg",
+                    n as f64 * 1e9 / s.wall_ns as f64,
+                    s.cpu_ns as f64 / n as f64
+                ),
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        return;
+    }
+    let mut results: Vec<(usize, [f64; 5], [f64; 5])> = Vec::new();
     for &(size, n) in &[
         (64usize, if quick { 200_000u64 } else { 1_000_000 }),
         (16384, if quick { 20_000 } else { 100_000 }),
@@ -210,13 +422,15 @@ fn main() {
         if only.is_some_and(|o| o != size) {
             continue;
         }
-        let (mr, mc) = take_turns(&PEERS, size, n, runs, |p| match p {
+        let (rate, cpu) = take_turns_all(&PEERS, size, n, runs, |p| match p {
             0 => run_engine(Mode::Blast { size, n }, 0).map(|(s, _)| s),
             1 => run_tungstenite(size, n),
-            _ => run_fastwebsockets(size, n),
+            2 => run_fastwebsockets(size, n),
+            3 => run_blocking_tungstenite(size, n),
+            _ => run_raw_ceiling(size, n),
         });
-        println!("\n{size} B messages, {n} per run, median of {runs} runs:");
-        print_table(&PEERS, &mr, &mc);
+        println!("\n{size} B messages, {n} per run, {runs} runs taking turns:");
+        let (mr, mc) = print_results(size, &rate, &cpu);
         results.push((size, mr, mc));
     }
     // Library overhead: one message per read (the server waits for each echo), so
@@ -251,7 +465,7 @@ fn main() {
     }
     if let Some(path) = json {
         let mut sizes = serde_json::Map::new();
-        for (size, mr, _) in &results {
+        for (size, mr, _mc) in &results {
             let mut m = serde_json::Map::new();
             for (p, peer) in PEERS.iter().enumerate() {
                 m.insert(peer.to_string(), serde_json::json!(mr[p].round() as u64));

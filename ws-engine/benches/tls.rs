@@ -135,6 +135,7 @@ fn main() {
     let Args {
         json, runs, quick, ..
     } = parse_args(false);
+    common::print_header("tls");
     let ca = TestCa::new().expect("test CA");
     let ca_file =
         std::env::temp_dir().join(format!("ws-engine-bench-tls-{}.pem", std::process::id()));

@@ -2,9 +2,10 @@
 //! place every callback goes through (`invoke`), so wrapping all of them (e.g. with the
 //! callback profiler) is a one-line change.
 
+use crate::clock::Clock;
 use crate::conn::{CloseInfo, ConnError, Outbound, SendError};
 use crate::decoder::MsgKind;
-use ws_abi::MsgProbe;
+use ws_abi::{MsgProbe, MsgStamps};
 
 /// Engine-wide connection id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -94,6 +95,35 @@ pub(crate) fn invoke<R>(
     })
 }
 
+/// The profiler timing this thread's callbacks, if any (one thread-local look-up: take it
+/// once per read, not per message).
+pub(crate) fn current_profiler() -> Option<ws_profiler::Profiler> {
+    PROFILER.with(|p| p.try_borrow().ok().and_then(|p| p.clone()))
+}
+
+/// Records a message callback the engine stamped itself (raw stamps of `clock`) with
+/// `profiler`: no clock read when the profiler shares the engine's ticks.
+#[inline]
+pub(crate) fn record_message(
+    profiler: Option<&ws_profiler::Profiler>,
+    clock: &Clock,
+    conn: ConnId,
+    bytes: usize,
+    start: u64,
+    done: u64,
+) {
+    if let Some(p) = profiler {
+        p.record_stamped(
+            CallbackKind::Message.profiler_kind(),
+            conn.0,
+            clock,
+            start,
+            done,
+            bytes as u64,
+        );
+    }
+}
+
 /// A received message, valid for the duration of the callback.
 #[derive(Debug)]
 pub struct Message<'a> {
@@ -102,8 +132,10 @@ pub struct Message<'a> {
     /// The payload: a slice of the receive ring (or of the reassembly buffer for a
     /// fragmented message). Text payloads are valid UTF-8.
     pub data: &'a [u8],
-    /// The probe struct the engine filled for this message (stamps, offsets, ids).
-    pub probe: &'a MsgProbe,
+    pub(crate) probe: &'a MsgProbe,
+    pub(crate) clock: &'a Clock,
+    /// Whether `probe.stamps` (and so the probe) hold raw clock stamps, not ns.
+    pub(crate) raw: bool,
 }
 
 impl Message<'_> {
@@ -114,6 +146,37 @@ impl Message<'_> {
             MsgKind::Text => std::str::from_utf8(self.data).ok(),
             MsgKind::Binary => None,
         }
+    }
+
+    /// The probe struct of this message (offsets, ids, stamps), its stamps in
+    /// CLOCK_MONOTONIC ns. The engine keeps raw clock stamps while no tracer is attached
+    /// and converts them here, when they are read.
+    pub fn probe(&self) -> MsgProbe {
+        let mut p = *self.probe;
+        p.stamps = self.stamps();
+        p
+    }
+
+    /// The stage stamps of this message in CLOCK_MONOTONIC ns (see [`Message::probe`]).
+    pub fn stamps(&self) -> MsgStamps {
+        let s = self.probe.stamps;
+        if !self.raw {
+            return s;
+        }
+        stamps_to_ns(self.clock, &s)
+    }
+}
+
+/// Raw stamps converted to CLOCK_MONOTONIC ns (0 stays 0: "not taken").
+#[inline]
+pub(crate) fn stamps_to_ns(clock: &Clock, s: &MsgStamps) -> MsgStamps {
+    MsgStamps {
+        event_ns: clock.to_ns(s.event_ns),
+        recv_start_ns: clock.to_ns(s.recv_start_ns),
+        recv_end_ns: clock.to_ns(s.recv_end_ns),
+        decrypt_start_ns: clock.to_ns(s.decrypt_start_ns),
+        parsed_ns: clock.to_ns(s.parsed_ns),
+        callback_ns: clock.to_ns(s.callback_ns),
     }
 }
 

@@ -7,15 +7,18 @@ use std::time::Duration;
 
 use ws_abi::{ABI_VERSION, MsgProbe, MsgStamps};
 
-use crate::callback::{CallbackKind, ConnCtx, ConnId, Handler, Message, invoke};
+use crate::callback::{
+    CallbackKind, ConnCtx, ConnId, Handler, Message, current_profiler, invoke, record_message,
+    stamps_to_ns,
+};
 use crate::clock::Clock;
 use crate::decoder::{Decoded, Decoder, Event, Limits, MsgKind};
 use crate::frame::{self, MAX_HEADER, OpCode, ProtocolError, close_code};
 use crate::handshake::{ClientHandshake, HandshakeError, HandshakeOptions, WsUrl};
 use crate::mask::copy_masked;
-use crate::probe::{call_through_probe, ws_engine_message_done};
+use crate::probe::{attached as probe_attached, call_through_probe, ws_engine_message_done};
 use crate::ring::{MirroredRing, RingError};
-use crate::stamps::{StampLog, StampRecord};
+use crate::stamps::{RawRecord, StampLog};
 use crate::tls::{TlsError, TlsInfo, TlsOptions, TlsTransport};
 use crate::transport::{RecvStamps, TcpTransport, Transport, TransportError, sock_cookie, wait_fd};
 
@@ -322,6 +325,12 @@ pub(crate) enum Status {
     /// It ended: report its outcome and drop it.
     Done,
 }
+
+/// Text messages of at least this many bytes get a `parsed` stamp of their own even when
+/// an earlier message of the same read was just stamped: their UTF-8 validation is long
+/// enough to show, and a stamp costs little next to it. (A binary frame's parse is its
+/// header whatever its size; a reassembled message always gets its own stamp.)
+const FRESH_PARSE_LEN: usize = 1024;
 
 /// Raw stamps of the read being processed.
 #[derive(Clone, Copy, Debug, Default)]
@@ -728,7 +737,8 @@ impl Conn {
         (self.error.take(), info)
     }
 
-    /// Parses and dispatches every complete frame in the ring.
+    /// Parses and dispatches every complete frame in the ring, then makes their stamp
+    /// channel records visible to the tracer (one store for the read's batch).
     #[inline]
     fn process<H: Handler>(
         &mut self,
@@ -737,6 +747,22 @@ impl Conn {
         st: &ReadStamps,
         log: &mut StampLog,
     ) {
+        self.process_frames(h, clock, st, log);
+        log.flush_channel();
+    }
+
+    #[inline]
+    fn process_frames<H: Handler>(
+        &mut self,
+        h: &mut H,
+        clock: &Clock,
+        st: &ReadStamps,
+        log: &mut StampLog,
+    ) {
+        // The last stamp taken while handling this read (the previous callback's end);
+        // 0 before the first.
+        let mut last = 0u64;
+        let profiler = current_profiler();
         loop {
             if matches!(self.state, State::Closed | State::Failing) {
                 let n = self.ring.len();
@@ -768,10 +794,31 @@ impl Conn {
                 }
                 Ok(Decoded::Frame { consumed, event }) => {
                     let mut close_now = false;
+                    if !matches!(event, Some(Event::Message { .. })) {
+                        // A fragment copied, a pong sent: time passed since the last stamp.
+                        last = 0;
+                    }
                     match event {
                         None => {}
                         Some(Event::Message { kind, data }) => {
-                            let parsed = clock.raw();
+                            // One clock read per message: the callback's end, which is
+                            // also the next message's parse and callback start
+                            // (docs/hot-path.md), unless a uprobe is on the probe sites:
+                            // then every stamp is taken as it happens and converted for
+                            // the uprobes. A tracer reading the stamp channel gets the
+                            // same raw stamps, converted when the record is written (only
+                            // for the messages in its sample: aggregate mode may sample).
+                            let traced = probe_attached();
+                            // (`last` is 0 after a continuation fragment, so a reassembled
+                            // message always gets its own stamp.)
+                            let parsed = if traced
+                                || last == 0
+                                || (kind == MsgKind::Text && data.len() >= FRESH_PARSE_LEN)
+                            {
+                                clock.raw()
+                            } else {
+                                last
+                            };
                             match st.socket_read_end {
                                 // Userspace TLS: ciphertext socket bytes; the message
                                 // resolves to the read that completed it.
@@ -787,45 +834,68 @@ impl Conn {
                             probe.len = data.len() as u64;
                             probe.opcode = kind.opcode();
                             probe.stamps = MsgStamps {
-                                event_ns: clock.to_ns(st.event),
-                                recv_start_ns: clock.to_ns(st.recv_start),
-                                recv_end_ns: clock.to_ns(st.recv_end),
-                                decrypt_start_ns: clock.to_ns(st.decrypt_start),
-                                parsed_ns: clock.to_ns(parsed),
-                                callback_ns: 0,
+                                event_ns: st.event,
+                                recv_start_ns: st.recv_start,
+                                recv_end_ns: st.recv_end,
+                                decrypt_start_ns: st.decrypt_start,
+                                parsed_ns: parsed,
+                                callback_ns: parsed,
                             };
+                            let mut called = parsed;
+                            if traced {
+                                called = clock.raw();
+                                probe.stamps.callback_ns = called;
+                                probe.stamps = stamps_to_ns(clock, &probe.stamps);
+                            }
                             let mut ctx = ConnCtx { id: *id, out };
-                            probe.stamps.callback_ns = clock.now_ns();
-                            // Stamped inside the probe function, so a uprobe on it (when
-                            // traced) is before `start`, not inside the callback's time.
-                            let (mut start, mut done) = (0, 0);
+                            // Traced: stamped inside the probe function, so its uprobe is
+                            // before `start`, not inside the callback's time.
+                            let (mut start, mut done) = (parsed, 0);
                             call_through_probe(probe, &mut |p: &MsgProbe| {
-                                start = clock.raw();
-                                invoke(CallbackKind::Message, ctx.id, data.len(), || {
-                                    h.on_message(
-                                        &mut ctx,
-                                        Message {
-                                            kind,
-                                            data,
-                                            probe: p,
-                                        },
-                                    )
-                                });
+                                if traced {
+                                    start = clock.raw();
+                                }
+                                h.on_message(
+                                    &mut ctx,
+                                    Message {
+                                        kind,
+                                        data,
+                                        probe: p,
+                                        clock,
+                                        raw: !traced,
+                                    },
+                                );
                                 done = clock.raw();
                             });
-                            ws_engine_message_done(
-                                probe.msg_seq,
-                                clock.to_ns(start),
-                                clock.to_ns(done),
-                            );
+                            last = done;
+                            if traced {
+                                let (start_ns, done_ns) = (clock.to_ns(start), clock.to_ns(done));
+                                ws_engine_message_done(probe.msg_seq, start_ns, done_ns);
+                                // Stamp channel hook (crate::channel): the record, in ns.
+                                log.publish(probe, start_ns, done_ns);
+                            } else {
+                                // Nobody listens: the site is a nop and a return.
+                                ws_engine_message_done(probe.msg_seq, start, done);
+                                // Stamp channel hook: one relaxed load while no tracer
+                                // holds the ring; else the record, converted as written.
+                                log.publish_raw(probe, clock, start, done);
+                            }
+                            record_message(profiler.as_ref(), clock, *id, data.len(), start, done);
                             if log.enabled() {
-                                log.push(StampRecord {
+                                log.push(RawRecord {
                                     conn_id: probe.conn_id,
                                     msg_seq: probe.msg_seq,
                                     len: probe.len,
                                     stream_end: probe.stream_end,
-                                    stamps: probe.stamps,
-                                    callback_done_ns: clock.to_ns(done),
+                                    stamps: MsgStamps {
+                                        event_ns: st.event,
+                                        recv_start_ns: st.recv_start,
+                                        recv_end_ns: st.recv_end,
+                                        decrypt_start_ns: st.decrypt_start,
+                                        parsed_ns: parsed,
+                                        callback_ns: called,
+                                    },
+                                    callback_done: done,
                                 });
                             }
                             probe.msg_seq += 1;

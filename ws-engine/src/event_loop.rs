@@ -5,6 +5,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use crate::callback::{CallbackKind, ConnCtx, ConnId, Handler, ProfilerScope, invoke};
+use crate::channel::{ChannelError, StampChannel};
 use crate::clock::Clock;
 use crate::conn::{Conn, ConnConfig, ConnError, SendError, Status};
 use crate::decoder::MsgKind;
@@ -27,6 +28,9 @@ pub enum LoopError {
     /// Opening a connection failed.
     #[error("connect failed: {0}")]
     Connect(#[from] ConnError),
+    /// The stamp channel could not be created.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
 }
 
 /// Settings of an [`EventLoop`].
@@ -41,6 +45,10 @@ pub struct LoopConfig {
     /// Times every callback the loop makes (per kind, and per connection when the
     /// profiler keeps connections). `None`: callbacks are not timed.
     pub profiler: Option<ws_profiler::Profiler>,
+    /// Slots of the loop's stamp channel (a power of two; 0: no channel, so ws-trace can
+    /// only take the engine's records with `--engine-uprobes`). Default
+    /// [`ws_abi::channel::DEFAULT_CHANNEL_CAPACITY`].
+    pub stamp_channel_capacity: u32,
 }
 
 impl Default for LoopConfig {
@@ -50,6 +58,7 @@ impl Default for LoopConfig {
             stamp_log_capacity: 0,
             timer_granularity: Duration::from_millis(10),
             profiler: None,
+            stamp_channel_capacity: ws_abi::channel::DEFAULT_CHANNEL_CAPACITY,
         }
     }
 }
@@ -93,6 +102,10 @@ impl EventLoop {
         }
         // SAFETY: `fd` is a fresh descriptor owned by nobody else.
         let epfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut log = StampLog::with_clock(cfg.stamp_log_capacity, clock);
+        if cfg.stamp_channel_capacity != 0 {
+            log.set_channel(StampChannel::create(cfg.stamp_channel_capacity)?);
+        }
         Ok(EventLoop {
             epfd,
             conns: Vec::new(),
@@ -100,7 +113,7 @@ impl EventLoop {
             free: Vec::new(),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; cfg.max_events.max(1)],
             clock,
-            log: StampLog::new(cfg.stamp_log_capacity),
+            log,
             cfg,
             next_timer_ns: 0,
             live: 0,
@@ -125,6 +138,11 @@ impl EventLoop {
     /// The engine's recorded stamps (see [`LoopConfig::stamp_log_capacity`]).
     pub fn stamp_log(&self) -> &StampLog {
         &self.log
+    }
+
+    /// The loop's stamp channel (`None` when [`LoopConfig::stamp_channel_capacity`] is 0).
+    pub fn stamp_channel(&self) -> Option<&StampChannel> {
+        self.log.channel()
     }
 
     /// Mutable access to the stamp log (e.g. to clear it between phases).
@@ -332,6 +350,10 @@ impl EventLoop {
         // Keep the TSC conversion on CLOCK_MONOTONIC (every 100 ms), before waiting rather
         // than between a wakeup and the messages it brings.
         self.clock.maybe_refine();
+        if self.log.enabled() {
+            // The log converts its raw stamps when read: with the refined conversion.
+            self.log.set_clock(self.clock);
+        }
         // SAFETY: `events` has `len` valid slots for the kernel to fill.
         let n = unsafe {
             libc::epoll_wait(

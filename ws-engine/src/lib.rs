@@ -14,7 +14,7 @@
 //! impl Handler for Print {
 //!     fn on_message(&mut self, conn: &mut ConnCtx<'_>, msg: Message<'_>) {
 //!         // `msg.data` points into the receive ring; `msg.probe` has the stage stamps.
-//!         let s = &msg.probe.stamps;
+//!         let s = msg.stamps();
 //!         println!("{} bytes, recv_end→callback {} ns", msg.data.len(), s.callback_ns - s.recv_end_ns);
 //!         let _ = conn.send_text("thanks");
 //!     }
@@ -32,9 +32,14 @@
 //!
 //! The receive path, stage by stage with measured numbers, is described in
 //! `docs/hot-path.md`.
+//!
+//! Each event loop also publishes every message's probe struct and callback stamps to a
+//! [stamp channel](channel::StampChannel) in shared memory, which ws-trace reads without
+//! a kernel entry per message (`docs/tracing-guide.md`).
 #![deny(missing_docs)]
 
 pub mod callback;
+pub mod channel;
 pub mod clock;
 pub mod conn;
 pub mod decoder;

@@ -79,6 +79,33 @@ pub extern "C" fn ws_engine_message_done(msg_seq: u64, start_ns: u64, done_ns: u
     std::hint::black_box((msg_seq, start_ns, done_ns));
 }
 
+/// Whether a uprobe is attached to either probe site right now, i.e. whether anyone reads
+/// the [`MsgProbe`] and the done call's stamps. The probe functions are called either way;
+/// attaching a uprobe makes the kernel write its breakpoint (`int3`, later a `call` to its
+/// uprobe trampoline) over the site's first bytes in this process's copy of the text page,
+/// so the site no longer starts with the nop's `0x0f`. Two byte loads from lines the call
+/// itself touches. Off x86-64 the engine cannot tell, and this says `true`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub fn attached() -> bool {
+    let on_message = ws_engine_on_message as *const u8;
+    let done = ws_engine_message_done as *const u8;
+    // SAFETY: both are functions of this binary, mapped readable (text) and longer than
+    // one byte; a volatile read, because the kernel may rewrite them at any time.
+    unsafe { on_message.read_volatile() != NOP5[0] || done.read_volatile() != NOP5[0] }
+}
+
+/// Whether a uprobe is attached to either probe site: off x86-64 the engine cannot tell,
+/// so always `true` (every stamp taken and converted as it is made).
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+pub fn attached() -> bool {
+    true
+}
+
+/// The 5-byte nop each probe site starts with on x86-64 (`nopl 0(%rax,%rax,1)`).
+pub const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
+
 /// Runs `f` with `probe` through [`ws_engine_on_message`]. The caller stamps inside `f`
 /// and reports with [`ws_engine_message_done`].
 #[inline(always)]
@@ -115,7 +142,6 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn probe_sites_start_with_a_five_byte_nop() {
-        const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
         for f in [
             ws_engine_on_message as *const u8,
             ws_engine_message_done as *const u8,
@@ -125,5 +151,7 @@ mod tests {
             let head = unsafe { std::slice::from_raw_parts(f, 5) };
             assert_eq!(head, NOP5);
         }
+        // Nobody attached a uprobe to the test binary.
+        assert!(!attached());
     }
 }

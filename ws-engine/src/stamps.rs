@@ -1,7 +1,44 @@
 //! The engine's own table of per-message stamps (a bounded log, oldest overwritten),
-//! and percentile helpers for it.
+//! and percentile helpers for it. The log keeps the raw clock stamps the engine took and
+//! converts them to CLOCK_MONOTONIC ns when they are read ([`StampLog::records`]). It also
+//! holds the loop's stamp channel, which every message's record is published to while a
+//! tracer holds it.
 
-use ws_abi::MsgStamps;
+use crate::channel::StampChannel;
+use crate::clock::Clock;
+use ws_abi::{MsgProbe, MsgStamps};
+
+/// One message's stamps as the engine took them: raw [`Clock::raw`] values (TSC ticks, or
+/// ns on the monotonic fallback; 0: not taken).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawRecord {
+    /// Connection id.
+    pub conn_id: u64,
+    /// Message sequence number on the connection.
+    pub msg_seq: u64,
+    /// Payload length.
+    pub len: u64,
+    /// Stream offset one past the message's last byte.
+    pub stream_end: u64,
+    /// Stage stamps, raw (the `_ns` fields hold raw clock values here).
+    pub stamps: MsgStamps,
+    /// The callback returned, raw.
+    pub callback_done: u64,
+}
+
+impl RawRecord {
+    /// The record with its stamps converted to CLOCK_MONOTONIC ns by `clock`.
+    pub fn to_ns(&self, clock: &Clock) -> StampRecord {
+        StampRecord {
+            conn_id: self.conn_id,
+            msg_seq: self.msg_seq,
+            len: self.len,
+            stream_end: self.stream_end,
+            stamps: crate::callback::stamps_to_ns(clock, &self.stamps),
+            callback_done_ns: clock.to_ns(self.callback_done),
+        }
+    }
+}
 
 /// One message's stamps as the engine recorded them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -50,24 +87,84 @@ impl StampRecord {
     }
 }
 
-/// A bounded log of [`StampRecord`]s.
-#[derive(Debug, Default)]
+/// A bounded log of [`RawRecord`]s, read as [`StampRecord`]s, and the loop's
+/// [`StampChannel`] if it has one.
+#[derive(Debug)]
 pub struct StampLog {
-    recs: Vec<StampRecord>,
+    recs: Vec<RawRecord>,
     cap: usize,
     next: usize,
     total: u64,
+    clock: Clock,
+    channel: Option<StampChannel>,
+}
+
+impl Default for StampLog {
+    fn default() -> Self {
+        StampLog::new(0)
+    }
 }
 
 impl StampLog {
-    /// A log keeping the last `cap` records (0: record nothing).
+    /// A log keeping the last `cap` records (0: record nothing), converting with the
+    /// process-wide clock.
     pub fn new(cap: usize) -> Self {
+        StampLog::with_clock(cap, *Clock::global())
+    }
+
+    /// A log keeping the last `cap` records whose raw stamps `clock` took.
+    pub fn with_clock(cap: usize, clock: Clock) -> Self {
         StampLog {
             recs: Vec::with_capacity(cap),
             cap,
             next: 0,
             total: 0,
+            clock,
+            channel: None,
         }
+    }
+
+    /// Publishes every message's record to `channel` from now on.
+    pub(crate) fn set_channel(&mut self, channel: StampChannel) {
+        self.channel = Some(channel);
+    }
+
+    /// The stamp channel, if the loop has one.
+    pub fn channel(&self) -> Option<&StampChannel> {
+        self.channel.as_ref()
+    }
+
+    /// Hands a message's record (stamps in CLOCK_MONOTONIC ns) to the stamp channel.
+    #[inline(always)]
+    pub(crate) fn publish(&mut self, probe: &MsgProbe, start_ns: u64, done_ns: u64) {
+        if let Some(c) = self.channel.as_mut() {
+            c.publish(probe, start_ns, done_ns);
+        }
+    }
+
+    /// Hands a message's record with raw stamps of `clock` to the stamp channel: one
+    /// relaxed load and a branch while no tracer holds it.
+    #[inline(always)]
+    pub(crate) fn publish_raw(&mut self, probe: &MsgProbe, clock: &Clock, start: u64, done: u64) {
+        if let Some(c) = self.channel.as_mut() {
+            c.publish_raw(probe, clock, start, done);
+        }
+    }
+
+    /// Makes the records published since the last call visible to the tracer (once per
+    /// read's batch of messages).
+    #[inline(always)]
+    pub(crate) fn flush_channel(&mut self) {
+        if let Some(c) = self.channel.as_mut() {
+            c.flush();
+        }
+    }
+
+    /// Replaces the clock records are converted with (the event loop passes its refined
+    /// copy, so a record is converted with a conversion at most 100 ms older or newer
+    /// than the one in force when it was taken; the rate is within a ppm or so).
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
     }
 
     /// Whether recording is on.
@@ -76,9 +173,9 @@ impl StampLog {
         self.cap > 0
     }
 
-    /// Adds a record.
+    /// Adds a record (raw stamps).
     #[inline]
-    pub fn push(&mut self, r: StampRecord) {
+    pub fn push(&mut self, r: RawRecord) {
         if self.cap == 0 {
             return;
         }
@@ -91,8 +188,13 @@ impl StampLog {
         self.total += 1;
     }
 
-    /// Records kept (not in order once the log wrapped).
-    pub fn records(&self) -> &[StampRecord] {
+    /// Records kept (not in order once the log wrapped), converted to CLOCK_MONOTONIC ns.
+    pub fn records(&self) -> Vec<StampRecord> {
+        self.recs.iter().map(|r| r.to_ns(&self.clock)).collect()
+    }
+
+    /// Records kept, raw, as the engine took them.
+    pub fn raw_records(&self) -> &[RawRecord] {
         &self.recs
     }
 
@@ -126,7 +228,7 @@ mod tests {
     fn log_wraps_and_counts() {
         let mut l = StampLog::new(3);
         for i in 0..5 {
-            l.push(StampRecord {
+            l.push(RawRecord {
                 msg_seq: i,
                 ..Default::default()
             });
@@ -136,7 +238,7 @@ mod tests {
         seqs.sort();
         assert_eq!(seqs, vec![2, 3, 4]);
         let mut off = StampLog::new(0);
-        off.push(StampRecord::default());
+        off.push(RawRecord::default());
         assert!(off.records().is_empty());
     }
 

@@ -133,9 +133,40 @@ fn probe_fields_stream_offsets_and_stamps() {
             .unwrap();
         let _ = ClientReader::default().next(&mut s);
     });
+    let before = ws_engine::clock::monotonic_ns();
     let c = run_client(&url, &ConnConfig::default(), Collect::default());
+    let after = ws_engine::clock::monotonic_ns();
     srv.join().unwrap();
     assert!(c.errors.is_empty(), "{:?}", c.errors);
+    // The engine keeps raw stamps untraced; what the callback and the log read is
+    // converted to CLOCK_MONOTONIC ns (within the calibration's error of the kernel's).
+    let slack = 1_000_000;
+    for p in &c.probes {
+        let s = &p.stamps;
+        for t in [
+            s.event_ns,
+            s.recv_start_ns,
+            s.recv_end_ns,
+            s.parsed_ns,
+            s.callback_ns,
+        ] {
+            assert!(
+                t + slack >= before && t <= after + slack,
+                "{t} outside [{before}, {after}]"
+            );
+        }
+    }
+    let mut shared = 0;
+    for w in c.raw_log.windows(2) {
+        // Untraced, a binary message after the first of a read is stamped with the previous
+        // callback's end: one clock read per message.
+        if w[1].stamps.recv_end_ns == w[0].stamps.recv_end_ns {
+            assert_eq!(w[1].stamps.parsed_ns, w[0].callback_done, "{w:?}");
+            assert_eq!(w[1].stamps.callback_ns, w[1].stamps.parsed_ns);
+            shared += 1;
+        }
+    }
+    eprintln!("{shared} messages stamped with the previous callback's end");
     let (_, ends_bytes) = c.msgs.last().unwrap();
     let ends: Vec<u64> = ends_bytes
         .chunks(8)

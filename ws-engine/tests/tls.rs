@@ -81,7 +81,7 @@ impl Handler for Feedcheck {
         }
         self.n += 1;
         if self.probes.len() < 100_000 {
-            self.probes.push(*msg.probe);
+            self.probes.push(msg.probe());
         }
     }
     fn on_error(&mut self, _id: ConnId, err: &ConnError) {

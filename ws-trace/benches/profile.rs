@@ -80,6 +80,7 @@ fn bpf_stats(name: &str) -> Option<(Duration, u64)> {
 
 fn main() -> Result<(), String> {
     let args = args()?;
+    println!("{}", ws_engine::clock::bench_header("profile"));
     ws_trace::privileges::require_tracing().map_err(|e| e.to_string())?;
     let window = Duration::from_secs_f64(args.secs);
     // Keeps the kernel's per-program run time statistics on while it is held.
@@ -132,7 +133,7 @@ fn main() -> Result<(), String> {
         };
         let (p, raw) = std::thread::scope(|s| {
             let session = s.spawn(|| {
-                let mut target = Target::Pid(pid);
+                let mut target = Target::pid(pid).expect("the profiled process");
                 profile::run(&opts, &mut target, &stop)
             });
             std::thread::sleep(Duration::from_millis(300));

@@ -140,6 +140,34 @@ impl Btf {
             })
     }
 
+    /// Whether the kernel has the BTF-typed tracepoint `name`: its BTF then holds the
+    /// typedef `btf_trace_<name>`, which is what a `tp_btf` program attaches by.
+    pub fn has_tracepoint(&self, name: &str) -> Result<bool, BtfError> {
+        let want = format!("btf_trace_{name}");
+        for &pos in &self.type_pos {
+            let rec = self.record_at(pos)?;
+            if rec.kind == KIND_TYPEDEF && self.name(rec.name_off)? == want {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The names of every BTF-typed tracepoint of the kernel (see
+    /// [`Btf::has_tracepoint`]).
+    pub fn tracepoints(&self) -> Result<std::collections::BTreeSet<String>, BtfError> {
+        let mut out = std::collections::BTreeSet::new();
+        for &pos in &self.type_pos {
+            let rec = self.record_at(pos)?;
+            if rec.kind == KIND_TYPEDEF
+                && let Some(name) = self.name(rec.name_off)?.strip_prefix("btf_trace_")
+            {
+                out.insert(name.to_string());
+            }
+        }
+        Ok(out)
+    }
+
     fn find_struct(&self, name: &str) -> Result<u32, BtfError> {
         for (i, &pos) in self.type_pos.iter().enumerate() {
             let rec = self.record_at(pos)?;
@@ -308,6 +336,18 @@ mod tests {
         let mut blob = tiny();
         blob.truncate(blob.len() - 20);
         assert!(Btf::parse(blob).is_err());
+    }
+
+    #[test]
+    fn running_kernel_has_its_tracepoints_typed() {
+        let Ok(btf) = Btf::from_sys_fs() else { return };
+        assert_eq!(btf.has_tracepoint("sched_switch").ok(), Some(true));
+        assert_eq!(btf.has_tracepoint("no_such_tracepoint").ok(), Some(false));
+        let all = btf.tracepoints().expect("tracepoints");
+        assert!(
+            all.contains("sched_switch") && all.contains("tcp_probe"),
+            "{all:?}"
+        );
     }
 
     #[test]

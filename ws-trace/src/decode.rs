@@ -29,7 +29,7 @@ pub enum Event {
     Softirq(SoftirqEvent),
     /// `tcp_probe`.
     Tcp(TcpEvent),
-    /// `sched_wakeup`, `sched_switch`, `sched_process_fork`.
+    /// `sched_waking`, `sched_wakeup`, `sched_switch`, `sched_process_fork`.
     Sched(SchedEvent),
     /// Return of `epoll_wait` and friends.
     Syscall(SyscallEvent),
@@ -57,6 +57,24 @@ impl Event {
             Event::CallbackDone(e) => &e.hdr,
             Event::Uprobe(e) => &e.hdr,
         }
+    }
+
+    /// The record's bytes as the probes (or the stamp channel) write them: the inverse of
+    /// [`decode`], for storing decoded events again (a capture, a test's synthetic trace).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        use crate::channel::record_bytes;
+        match self {
+            Event::Skb(e) => record_bytes(e),
+            Event::Softirq(e) => record_bytes(e),
+            Event::Tcp(e) => record_bytes(e),
+            Event::Sched(e) => record_bytes(e),
+            Event::Syscall(e) => record_bytes(e),
+            Event::Recv(e) => record_bytes(e),
+            Event::Callback(e) => record_bytes(e),
+            Event::CallbackDone(e) => record_bytes(e),
+            Event::Uprobe(e) => record_bytes(e),
+        }
+        .to_vec()
     }
 
     /// The probe that produced it.
@@ -112,6 +130,11 @@ impl std::fmt::Display for Event {
                 e.prev_tgid, e.prev_tid, e.prev_state, e.next_tgid, e.next_tid, e.target_cpu
             ),
             Event::Syscall(e) => write!(f, " nr={} ret={}", e.nr, e.ret),
+            Event::Recv(e) if e.ret == ws_abi::RECV_LEN_UNKNOWN => write!(
+                f,
+                " cookie={} ret=unknown copied={} rcv_nxt={} lport={} rport={}",
+                e.cookie, e.copied_seq, e.rcv_nxt, e.lport, e.rport
+            ),
             Event::Recv(e) => write!(
                 f,
                 " cookie={} ret={} copied={} rcv_nxt={} lport={} rport={}",
@@ -181,9 +204,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             Event::Softirq(read(bytes)?)
         }
         ProbeKind::TcpProbe => Event::Tcp(read(bytes)?),
-        ProbeKind::SchedWakeup | ProbeKind::SchedSwitch | ProbeKind::ProcessFork => {
-            Event::Sched(read(bytes)?)
-        }
+        ProbeKind::SchedWaking
+        | ProbeKind::SchedWakeup
+        | ProbeKind::SchedSwitch
+        | ProbeKind::ProcessFork => Event::Sched(read(bytes)?),
         ProbeKind::EpollExit => Event::Syscall(read(bytes)?),
         ProbeKind::SockRecv => Event::Recv(read(bytes)?),
         ProbeKind::CallbackEntry => Event::Callback(read(bytes)?),
@@ -222,6 +246,7 @@ mod tests {
         };
         let raw = bytes_of(&e);
         assert_eq!(decode(&raw), Ok(Event::Skb(e)));
+        assert_eq!(Event::Skb(e).to_bytes(), raw);
         assert_eq!(
             decode(&raw[..30]),
             Err(DecodeError::Short { got: 30, need: 64 })

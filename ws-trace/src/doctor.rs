@@ -11,20 +11,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::{
-    Ebpf,
-    maps::PerCpuArray,
-    programs::{
-        BtfTracePoint, FEntry, PerfEvent, RawTracePoint, TracePoint, UProbe,
-        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        uprobe::UProbeScope,
-    },
-    util::online_cpus,
-};
+use aya::maps::PerCpuArray;
 use serde::Serialize;
 use ws_abi::doctor_hit;
 
-use crate::{btf::Btf, privileges::Privileges, probes, tracefs};
+use crate::{
+    btf::Btf,
+    hooks::{Fallback, RECV_FALLBACK, SEND_FALLBACK},
+    loader::{self, DEFAULT_RING_BYTES, Map, ProbeError, ProbeObject, Program},
+    privileges::Privileges,
+    tracefs,
+};
 
 /// Outcome of one check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -124,10 +121,14 @@ fn with_fix(mut c: Check, fix: &str) -> Check {
 
 /// Runs every check.
 pub fn run() -> Report {
+    // Read once: shown by the btf check, then given to the loader when it was usable.
+    let types = Btf::from_sys_fs();
+    let btf_check = btf(&types);
+    let usable_btf = types.ok().filter(|_| btf_check.is_ok());
     let mut checks = vec![
         check("kernel", true, kernel()),
         with_fix(
-            check("btf", true, btf()),
+            check("btf", true, btf_check),
             "ws-trace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y",
         ),
     ];
@@ -154,14 +155,14 @@ pub fn run() -> Report {
     ));
     checks.push(tracefs_check(privileged));
     if privileged {
-        match Ebpf::load(probes::PROBES_OBJECT) {
-            Ok(mut ebpf) => {
+        match ProbeObject::load_with(usable_btf.as_ref(), DEFAULT_RING_BYTES) {
+            Ok(mut object) => {
                 checks.push(check(
                     "bpf",
                     true,
                     Ok("bpf() allowed: probe object loaded, maps created".into()),
                 ));
-                checks.extend(hooks(&mut ebpf));
+                checks.extend(hooks(&mut object));
             }
             Err(e) => checks.push(with_fix(
                 check("bpf", true, Err(format!("{e:#}"))),
@@ -201,9 +202,9 @@ fn kernel() -> Result<String, String> {
     ))
 }
 
-fn btf() -> Result<String, String> {
-    let btf = Btf::from_sys_fs().map_err(|e| e.to_string())?;
-    let off = probes::kernel_offsets(&btf).map_err(|e| e.to_string())?;
+fn btf(types: &Result<Btf, crate::btf::BtfError>) -> Result<String, String> {
+    let btf = types.as_ref().map_err(|e| e.to_string())?;
+    let off = loader::kernel_offsets(btf).map_err(|e| e.to_string())?;
     Ok(format!(
         "/sys/kernel/btf/vmlinux: {} types; sk_buff.len@{} sk_buff.dev@{} net_device.ifindex@{}",
         btf.type_count(),
@@ -255,17 +256,17 @@ pub extern "C" fn ws_trace_doctor_nop5_target(x: u64) -> u64 {
 
 /// Whether a uprobe on a 5-byte nop was turned into a call to the kernel's trampoline.
 #[cfg(target_arch = "x86_64")]
-fn nop5_uprobe(ebpf: &mut Ebpf) -> Result<String, String> {
+fn nop5_uprobe(object: &mut ProbeObject) -> Result<String, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let p: &mut UProbe = prog(ebpf, "doctor_uprobe")?;
     // Loaded by the hook.uprobe check before; attach a second site.
-    let link = p
-        .attach(
-            "ws_trace_doctor_nop5_target",
+    let link = object
+        .attach_uprobe(
+            Program::DoctorUprobe,
             &exe,
-            UProbeScope::AllProcesses,
+            "ws_trace_doctor_nop5_target",
+            None,
         )
-        .map_err(err)?;
+        .map_err(refused)?;
     // The kernel optimizes a nop5 site on its first hit.
     for i in 0..4 {
         std::hint::black_box(ws_trace_doctor_nop5_target(std::hint::black_box(i)));
@@ -277,7 +278,7 @@ fn nop5_uprobe(ebpf: &mut Ebpf) -> Result<String, String> {
     let trampoline = std::fs::read_to_string("/proc/self/maps")
         .map_err(|e| e.to_string())?
         .contains("[uprobes-trampoline]");
-    let _ = p.detach(link);
+    let _ = object.detach_uprobe(Program::DoctorUprobe, link);
     if first == 0xe8 && trampoline {
         Ok("a uprobe on a 5-byte nop became a call into [uprobes-trampoline] (ws-engine's probe sites are such nops)".into())
     } else {
@@ -288,20 +289,19 @@ fn nop5_uprobe(ebpf: &mut Ebpf) -> Result<String, String> {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn nop5_uprobe(_ebpf: &mut Ebpf) -> Result<String, String> {
+fn nop5_uprobe(_object: &mut ProbeObject) -> Result<String, String> {
     Err("x86-64 only".into())
 }
 
-fn hits(ebpf: &Ebpf, index: u32) -> Result<u64, String> {
-    let map = ebpf
-        .map("DOCTOR_HITS")
-        .ok_or("no DOCTOR_HITS map in the probe object")?;
-    let hits: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(|e| e.to_string())?;
+fn hits(object: &ProbeObject, index: u32) -> Result<u64, String> {
+    let hits: PerCpuArray<_, u64> = object
+        .typed_map(Map::DoctorHits)
+        .map_err(|e| e.to_string())?;
     Ok(hits.get(&index, 0).map_err(|e| e.to_string())?.iter().sum())
 }
 
-fn fired(ebpf: &Ebpf, index: u32, what: &str) -> Result<String, String> {
-    match hits(ebpf, index)? {
+fn fired(object: &ProbeObject, index: u32, what: &str) -> Result<String, String> {
+    match hits(object, index)? {
         0 => Err(format!("attached, but did not fire on {what}")),
         n => Ok(format!("loaded, attached, fired {n}x on {what}")),
     }
@@ -326,6 +326,15 @@ fn err(e: impl std::error::Error) -> String {
         .to_string()
 }
 
+/// A loader error as a check's detail: a refusal is the kernel's answer as it gave it (the
+/// check's name already says which hook it was).
+fn refused(e: ProbeError) -> String {
+    match e {
+        ProbeError::Program { source, .. } => err(source),
+        other => err(other),
+    }
+}
+
 fn syscalls() {
     for _ in 0..16 {
         std::hint::black_box(nix::unistd::getppid());
@@ -342,74 +351,62 @@ fn tcp_exchange() -> std::io::Result<()> {
     Ok(())
 }
 
-fn hooks(ebpf: &mut Ebpf) -> Vec<Check> {
-    let btf = aya::Btf::from_sys_fs();
+fn hooks(object: &mut ProbeObject) -> Vec<Check> {
     let mut out = Vec::new();
 
     let r = (|| -> Result<String, String> {
-        let p: &mut TracePoint = prog(ebpf, "doctor_tracepoint")?;
-        p.load().map_err(err)?;
-        p.attach("syscalls", "sys_enter_getppid").map_err(err)?;
+        object
+            .attach_tracepoint(Program::DoctorTracepoint, "syscalls", "sys_enter_getppid")
+            .map_err(refused)?;
         syscalls();
-        fired(ebpf, doctor_hit::TRACEPOINT, "syscalls:sys_enter_getppid")
+        fired(object, doctor_hit::TRACEPOINT, "syscalls:sys_enter_getppid")
     })();
     out.push(check("hook.tracepoint", true, r));
 
     let r = (|| -> Result<String, String> {
-        let btf = btf.as_ref().map_err(|e| e.to_string())?;
-        let p: &mut BtfTracePoint = prog(ebpf, "doctor_tp_btf")?;
-        p.load("sys_enter", btf).map_err(err)?;
-        p.attach().map_err(err)?;
+        object
+            .attach_tp_btf(Program::DoctorTpBtf, "sys_enter")
+            .map_err(refused)?;
         syscalls();
-        fired(ebpf, doctor_hit::TP_BTF, "sys_enter")
+        fired(object, doctor_hit::TP_BTF, "sys_enter")
     })();
     out.push(check("hook.tp_btf", true, r));
 
     let r = (|| -> Result<String, String> {
-        let p: &mut RawTracePoint = prog(ebpf, "doctor_raw_tp")?;
-        p.load().map_err(err)?;
-        p.attach("sys_enter").map_err(err)?;
+        object
+            .attach_raw_tracepoint(Program::DoctorRawTracepoint, "sys_enter")
+            .map_err(refused)?;
         syscalls();
-        fired(ebpf, doctor_hit::RAW_TP, "sys_enter")
+        fired(object, doctor_hit::RAW_TP, "sys_enter")
     })();
     out.push(check("hook.raw_tracepoint", false, r));
 
     let r = (|| -> Result<String, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let p: &mut UProbe = prog(ebpf, "doctor_uprobe")?;
-        p.load().map_err(err)?;
-        p.attach("ws_trace_doctor_target", &exe, UProbeScope::AllProcesses)
-            .map_err(err)?;
+        object
+            .attach_uprobe(Program::DoctorUprobe, &exe, "ws_trace_doctor_target", None)
+            .map_err(refused)?;
         for i in 0..4 {
             std::hint::black_box(ws_trace_doctor_target(i));
         }
-        fired(ebpf, doctor_hit::UPROBE, "ws_trace_doctor_target")
+        fired(object, doctor_hit::UPROBE, "ws_trace_doctor_target")
     })();
     let uprobe_ok = r.is_ok();
     out.push(check("hook.uprobe", true, r));
     if uprobe_ok {
-        out.push(check("uprobe.nop5", false, nop5_uprobe(ebpf)));
+        out.push(check("uprobe.nop5", false, nop5_uprobe(object)));
     }
 
     let r = (|| -> Result<String, String> {
-        let p: &mut PerfEvent = prog(ebpf, "doctor_perf_event")?;
-        p.load().map_err(err)?;
-        let cpus = online_cpus().map_err(|(_, e)| e.to_string())?;
-        for cpu in cpus {
-            p.attach(
-                PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                PerfEventScope::AllProcessesOneCpu { cpu },
-                SamplePolicy::Frequency(1000),
-                false,
-            )
-            .map_err(err)?;
-        }
+        object
+            .attach_cpu_clock(Program::DoctorPerfEvent, 1000)
+            .map_err(refused)?;
         let until = Instant::now() + Duration::from_millis(50);
         while Instant::now() < until {
             std::hint::spin_loop();
         }
         fired(
-            ebpf,
+            object,
             doctor_hit::PERF_EVENT,
             "software cpu-clock at 1000 Hz",
         )
@@ -417,28 +414,98 @@ fn hooks(ebpf: &mut Ebpf) -> Vec<Check> {
     out.push(check("hook.perf_event", true, r));
 
     let r = (|| -> Result<String, String> {
-        let btf = btf.as_ref().map_err(|e| e.to_string())?;
-        let p: &mut FEntry = prog(ebpf, "doctor_fentry")?;
-        p.load("tcp_rcv_established", btf).map_err(err)?;
-        p.attach().map_err(err)?;
+        object
+            .attach_fentry(Program::DoctorFentry, "tcp_rcv_established")
+            .map_err(refused)?;
         tcp_exchange().map_err(|e| e.to_string())?;
-        fired(ebpf, doctor_hit::FENTRY, "tcp_rcv_established")
+        fired(object, doctor_hit::FENTRY, "tcp_rcv_established")
     })();
     out.push(with_fix(
         check("hook.fentry", false, r),
         "not needed: ws-trace uses tp_btf tracepoints instead of fentry",
     ));
+
+    let forced = crate::probes::fallbacks_forced_by_env();
+    out.push(fallback_check(
+        object,
+        "hook.sock_recv",
+        true,
+        &RECV_FALLBACK,
+        (
+            Program::Probe(ws_abi::ProbeKind::SockRecv),
+            Program::RecvFallback,
+        ),
+        forced,
+    ));
+    out.push(fallback_check(
+        object,
+        "hook.sock_send",
+        false,
+        &SEND_FALLBACK,
+        (Program::SendLearner, Program::StateLearner),
+        forced,
+    ));
     out
 }
 
-fn prog<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    ebpf.program_mut(name)
-        .ok_or_else(|| format!("program {name} missing from the probe object"))?
-        .try_into()
-        .map_err(err)
+/// A tracepoint that kernels before 6.3 lack: ok where it attaches; else which fallback
+/// this kernel uses (attached, to be sure it loads) and what degrades.
+fn fallback_check(
+    object: &mut ProbeObject,
+    name: &'static str,
+    required: bool,
+    fallback: &Fallback,
+    (program, instead): (Program, Program),
+    forced: bool,
+) -> Check {
+    let why = if forced {
+        format!(
+            "{} not used ({}=1)",
+            fallback.hook,
+            crate::probes::FORCE_FALLBACKS_ENV
+        )
+    } else {
+        match object.attach_tp_btf(program, fallback.hook) {
+            Ok(()) => {
+                return check(
+                    name,
+                    required,
+                    Ok(format!(
+                        "{} (kernel {}+) attached: {}",
+                        fallback.hook, fallback.since, fallback.role
+                    )),
+                );
+            }
+            Err(ProbeError::NoTracepoint { .. }) => {
+                format!(
+                    "no {} on this kernel (it is {}+)",
+                    fallback.hook, fallback.since
+                )
+            }
+            Err(e) => format!("{} refused: {}", fallback.hook, refused(e)),
+        }
+    };
+    match object.attach_tp_btf(instead, fallback.instead) {
+        Ok(()) => Check {
+            name,
+            status: Status::Unavailable,
+            required,
+            detail: format!(
+                "{why}; fallback: {} from {} (attached ok)",
+                fallback.role, fallback.instead
+            ),
+            fix: Some(format!("degrades: {}", fallback.degrades)),
+        },
+        Err(e) => check(
+            name,
+            required,
+            Err(format!(
+                "{why}; its fallback {} failed too: {}",
+                fallback.instead,
+                refused(e)
+            )),
+        ),
+    }
 }
 
 fn ktls() -> Result<String, String> {
@@ -472,31 +539,26 @@ fn ktls() -> Result<String, String> {
 }
 
 fn clock() -> Result<String, String> {
-    let source =
-        std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into());
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let flags: Vec<&str> = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("flags"))
-        .map(|l| {
-            l.trim_start_matches([' ', '\t', ':'])
-                .split_whitespace()
-                .collect()
-        })
-        .unwrap_or_default();
-    let has = |f: &str| flags.contains(&f);
-    let detail = format!(
-        "clocksource={source} constant_tsc={} nonstop_tsc={} tsc_known_freq={}",
-        has("constant_tsc"),
-        has("nonstop_tsc"),
-        has("tsc_known_freq")
-    );
-    if has("constant_tsc") && has("nonstop_tsc") {
-        Ok(format!("{detail}: engine stamps use the TSC"))
+    use ws_engine::clock::{Clock, ClockCost, CpuFlags, KernelClocksource};
+    let source = KernelClocksource::detect().current;
+    let source = if source.is_empty() {
+        "unknown".to_string()
     } else {
-        Err(format!("{detail}: TSC not invariant"))
+        source
+    };
+    let flags = CpuFlags::get();
+    let cost = ClockCost::get();
+    let detail = format!(
+        "clocksource={source} constant_tsc={} nonstop_tsc={} tsc_known_freq={}; {cost}",
+        flags.constant_tsc, flags.nonstop_tsc, flags.tsc_known_freq,
+    );
+    if ws_engine::clock::tsc_is_invariant() {
+        let cal = Clock::global().calibration();
+        Ok(format!("{detail}: engine stamps use the TSC ({cal})"))
+    } else {
+        Err(format!(
+            "{detail}: TSC not invariant (engine stamps use clock_gettime)"
+        ))
     }
 }
 

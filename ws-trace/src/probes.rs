@@ -1,90 +1,31 @@
-//! Loading the probe object, configuring it and attaching its programs.
+//! The tracing probes of a session: their filter, their configuration, attaching each
+//! [`ProbeKind`] where its [`Hook`] says, and reading back drops and filter state.
 //!
-//! Everything the kernel holds for a [`Probes`] (programs, links, maps) is owned by file
-//! descriptors inside it: dropping it, or the process dying for any reason, detaches and
-//! unloads every probe. Nothing is pinned.
+//! The probe object itself is loaded by [`crate::loader`]; dropping [`Probes`] detaches and
+//! unloads everything.
 use std::{
     collections::BTreeSet,
-    os::fd::{AsFd as _, OwnedFd},
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
 };
 
-use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{
-        BtfTracePoint, TracePoint, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
-    },
-};
+use crate::hooks::{Fallback, Hook, ProbeHooks as _, RECV_FALLBACK, SEND_FALLBACK};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
 use ws_abi::{
-    CONFIG_FILTER_PORTS, CONFIG_FILTER_TGID, CONFIG_FOLLOW_FORKS, CONFIG_LEARN_PORTS, CONFIG_LOG,
-    CONFIG_OFFSETS_VALID, Hook, KernelOffsets, PROBE_COUNT, ProbeConfig, ProbeKind,
+    CONFIG_AGGREGATE, CONFIG_FILTER_PORTS, CONFIG_FILTER_TGID, CONFIG_FOLLOW_FORKS,
+    CONFIG_LEARN_PORTS, CONFIG_LOG, CONFIG_OFFSETS_VALID, CONFIG_STREAM, PROBE_COUNT, ProbeConfig,
+    ProbeKind,
+    agg::{StageHist, counter, stage},
 };
 
+// The loader's, re-exported: the ring size `LoadOptions` defaults to, and the error
+// `Probes` returns.
+pub use crate::loader::{DEFAULT_RING_BYTES, ProbeError};
 use crate::{
-    btf::{Btf, BtfError},
+    loader::{Map, ProbeObject, Program},
     progstats::ProgramStats,
     tracefs,
 };
-
-/// The probe object, built from `ws-ebpf` by this crate's build script.
-pub static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ws-ebpf"));
-
-/// Default size of the event ring, bytes (a power of two, a multiple of the page size).
-pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
-
-/// Failures while loading, configuring or attaching probes.
-#[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
-    /// The kernel refused to load the object (maps or BTF).
-    #[error("loading the probe object: {0}")]
-    Load(#[from] aya::EbpfError),
-    /// The kernel's BTF could not be read for aya.
-    #[error("reading the kernel's BTF: {0}")]
-    KernelBtf(#[from] aya::BtfError),
-    /// Our own BTF reader could not find a struct field the probes need.
-    #[error("finding kernel struct offsets: {0}")]
-    Offsets(#[from] BtfError),
-    /// A program is missing from the object (a build mismatch).
-    #[error("program {0} is not in the probe object")]
-    NoProgram(&'static str),
-    /// A map is missing from the object (a build mismatch).
-    #[error("map {0} is not in the probe object")]
-    NoMap(&'static str),
-    /// The verifier or the attach step refused a program.
-    #[error("probe {probe} ({hook}): {source}")]
-    Program {
-        /// The probe's name.
-        probe: &'static str,
-        /// What it hooks.
-        hook: &'static str,
-        /// The kernel's answer.
-        #[source]
-        source: aya::programs::ProgramError,
-    },
-    /// Reading or writing a map failed.
-    #[error("map {map}: {source}")]
-    Map {
-        /// The map's name.
-        map: &'static str,
-        /// The error.
-        #[source]
-        source: aya::maps::MapError,
-    },
-    /// aya-log could not be started.
-    #[error("starting aya-log: {0}")]
-    Log(#[from] aya_log::Error),
-    /// tracefs could not be mounted (classic tracepoints need it).
-    #[error(transparent)]
-    Tracefs(#[from] tracefs::MountError),
-    /// A uprobe was asked of a probe that is not a uprobe, or the reverse.
-    #[error("probe {0} is not attached that way")]
-    WrongHook(&'static str),
-    /// The ring size is not a power of two or not a multiple of the page size.
-    #[error("ring size {0} is not a power-of-two multiple of 4096 bytes")]
-    RingSize(u32),
-}
 
 /// Which events the probes keep. Empty sets mean "everything".
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -137,6 +78,31 @@ pub struct LoadOptions {
     pub log: bool,
     /// What to keep.
     pub filter: Filter,
+    /// Attach the fallbacks of kernels before 6.3 ([`crate::hooks::RECV_FALLBACK`],
+    /// [`crate::hooks::SEND_FALLBACK`]) even where the preferred tracepoints exist: to
+    /// test them on a new kernel. Defaults to whether [`FORCE_FALLBACKS_ENV`] is `1`.
+    pub force_fallbacks: bool,
+    /// Aggregate mode ([`ws_abi::CONFIG_AGGREGATE`]): the probes write nothing to the ring
+    /// and add each traced read's kernel stages into in-kernel histograms instead (read
+    /// them with [`Probes::aggregate_stages`]).
+    pub aggregate: bool,
+    /// With [`LoadOptions::aggregate`]: the probes also write every record to the ring
+    /// ([`ws_abi::CONFIG_STREAM`]), for a flight recorder; the histograms fill either way.
+    pub stream: bool,
+    /// Leave the probes' configuration unset (no [`ws_abi::CONFIG_OFFSETS_VALID`]): every
+    /// attached program returns as soon as it has read it. Nothing is traced; what they
+    /// cost is what the hooks cost by themselves, the floor `cargo xtask bench soak` prints
+    /// next to serve's figure.
+    pub idle: bool,
+}
+
+/// Environment variable that, set to `1`, makes [`LoadOptions::default`] force the
+/// fallbacks (see [`LoadOptions::force_fallbacks`]); `ws-trace attach`/`record` honour it.
+pub const FORCE_FALLBACKS_ENV: &str = "WS_TRACE_FORCE_FALLBACKS";
+
+/// Whether [`FORCE_FALLBACKS_ENV`] asks for the fallbacks.
+pub fn fallbacks_forced_by_env() -> bool {
+    std::env::var(FORCE_FALLBACKS_ENV).is_ok_and(|v| v == "1")
 }
 
 impl Default for LoadOptions {
@@ -145,43 +111,12 @@ impl Default for LoadOptions {
             ring_bytes: DEFAULT_RING_BYTES,
             log: false,
             filter: Filter::default(),
+            force_fallbacks: fallbacks_forced_by_env(),
+            aggregate: false,
+            stream: false,
+            idle: false,
         }
     }
-}
-
-/// Kernel struct offsets the probes need, read from the running kernel's BTF. The
-/// syscall tracepoint offsets are the kernel's fixed `sys_exit` layout here; see
-/// [`syscall_offsets`] for the ones read from tracefs.
-pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
-    let f = |s: &str, m: &str| btf.field_offset(s, m);
-    // 5.16 moved the CPU number from task_struct into thread_info.
-    let task_cpu = match f("thread_info", "cpu") {
-        Ok(cpu) => f("task_struct", "thread_info")? + cpu,
-        Err(_) => f("task_struct", "cpu")?,
-    };
-    let sk_common = f("sock", "__sk_common")?;
-    Ok(KernelOffsets {
-        sk_buff_len: f("sk_buff", "len")?,
-        sk_buff_dev: f("sk_buff", "dev")?,
-        sk_buff_data: f("sk_buff", "data")?,
-        sk_buff_cb: f("sk_buff", "cb")?,
-        net_device_ifindex: f("net_device", "ifindex")?,
-        tcp_skb_cb_seq: f("tcp_skb_cb", "seq")?,
-        tcp_skb_cb_end_seq: f("tcp_skb_cb", "end_seq")?,
-        tcp_skb_cb_tcp_flags: f("tcp_skb_cb", "tcp_flags")?,
-        sock_dport: sk_common + f("sock_common", "skc_dport")?,
-        sock_num: sk_common + f("sock_common", "skc_num")?,
-        sock_cookie: sk_common + f("sock_common", "skc_cookie")?,
-        sock_protocol: f("sock", "sk_protocol")?,
-        tcp_sock_rcv_nxt: f("tcp_sock", "rcv_nxt")?,
-        tcp_sock_copied_seq: f("tcp_sock", "copied_seq")?,
-        task_pid: f("task_struct", "pid")?,
-        task_tgid: f("task_struct", "tgid")?,
-        task_cpu,
-        sys_exit_ret: 16,
-        sys_exit_nr: 8,
-        _pad: 0,
-    })
 }
 
 /// Offsets of `ret` and `__syscall_nr` in `syscalls:sys_exit_*` records, from tracefs.
@@ -202,14 +137,29 @@ pub struct UprobeTarget {
     pub cookie: u64,
 }
 
-/// A loaded, configured probe object.
+/// The programs that may be attached for probe `kind`: its own, and for the reads their
+/// fallback and the port learners.
+fn programs_of(kind: ProbeKind) -> Vec<Program> {
+    let mut out = vec![Program::Probe(kind)];
+    if kind == ProbeKind::SockRecv {
+        out.extend([
+            Program::RecvFallback,
+            Program::SendLearner,
+            Program::StateLearner,
+        ]);
+    }
+    out
+}
+
+/// The tracing probes: the loaded object, configured for a session.
 pub struct Probes {
-    ebpf: Ebpf,
-    kernel_btf: aya::Btf,
+    object: ProbeObject,
     attached: Vec<ProbeKind>,
-    loaded: BTreeSet<ProbeKind>,
     filter_flags: u32,
     notes: Vec<String>,
+    force_fallbacks: bool,
+    fallbacks: Vec<Fallback>,
+    state_learner: bool,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     _stats: Option<OwnedFd>,
 }
@@ -217,12 +167,8 @@ pub struct Probes {
 impl Probes {
     /// Loads the object and writes its configuration; attaches nothing yet.
     pub fn load(opts: &LoadOptions) -> Result<Probes, ProbeError> {
-        if !opts.ring_bytes.is_power_of_two() || opts.ring_bytes < 4096 {
-            return Err(ProbeError::RingSize(opts.ring_bytes));
-        }
-        let btf = Btf::from_sys_fs()?;
-        let kernel_btf = btf.to_aya()?;
-        let mut offsets = kernel_offsets(&btf)?;
+        let mut object = ProbeObject::load(opts.ring_bytes)?;
+        let mut offsets = object.offsets()?;
         // Classic tracepoints (the epoll probe) need tracefs; their record layout is read
         // from it. Where it cannot be read the kernel's fixed sys_exit layout stands.
         let (dir, _) = tracefs::ensure_mounted()?;
@@ -230,44 +176,40 @@ impl Probes {
             offsets.sys_exit_ret = ret;
             offsets.sys_exit_nr = nr;
         }
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&kernel_btf))
-            .map_max_entries("EVENTS", opts.ring_bytes)
-            .load(PROBES_OBJECT)?;
         let filter_flags = opts.filter.flags();
-        let mut flags = CONFIG_OFFSETS_VALID | filter_flags;
+        let mut flags = filter_flags;
+        if !opts.idle {
+            flags |= CONFIG_OFFSETS_VALID;
+        }
         if opts.log {
             flags |= CONFIG_LOG;
         }
-        let config = ProbeConfig {
+        if opts.aggregate {
+            flags |= CONFIG_AGGREGATE;
+            if opts.stream {
+                flags |= CONFIG_STREAM;
+            }
+        }
+        object.write_config(ProbeConfig {
             flags,
             _pad: 0,
             offsets,
-        };
-        let map = ebpf.map_mut("CONFIG").ok_or(ProbeError::NoMap("CONFIG"))?;
-        let mut array: Array<_, ProbeConfig> =
-            Array::try_from(map).map_err(|source| ProbeError::Map {
-                map: "CONFIG",
-                source,
-            })?;
-        array.set(0, config, 0).map_err(|source| ProbeError::Map {
-            map: "CONFIG",
-            source,
         })?;
         let logger = if opts.log {
-            Some(aya_log::EbpfLogger::init(&mut ebpf)?)
+            Some(object.start_log()?)
         } else {
             None
         };
         // Per-program run time and count (shown in summaries); harmless where refused.
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
         let mut probes = Probes {
-            ebpf,
-            kernel_btf,
+            object,
             attached: Vec::new(),
-            loaded: BTreeSet::new(),
             filter_flags,
             notes: Vec::new(),
+            force_fallbacks: opts.force_fallbacks,
+            fallbacks: Vec::new(),
+            state_learner: false,
             logger,
             _stats: stats,
         };
@@ -282,52 +224,22 @@ impl Probes {
 
     /// Adds a process to the `TGIDS` filter (e.g. a new match of `--comm`).
     pub fn add_tgid(&mut self, tgid: u32) -> Result<(), ProbeError> {
-        let err = |source| ProbeError::Map {
-            map: "TGIDS",
-            source,
-        };
-        let map = self
-            .ebpf
-            .map_mut("TGIDS")
-            .ok_or(ProbeError::NoMap("TGIDS"))?;
-        let mut tgids: HashMap<_, u32, u8> = HashMap::try_from(map).map_err(err)?;
-        tgids.insert(tgid, 1, 0).map_err(err)
+        self.object.add_tgid(tgid)
     }
 
-    /// Adds a local port to the `PORTS` filter.
+    /// Adds a local port to the port filter.
     pub fn add_port(&mut self, port: u16) -> Result<(), ProbeError> {
-        let err = |source| ProbeError::Map {
-            map: "PORTS",
-            source,
-        };
-        let map = self
-            .ebpf
-            .map_mut("PORTS")
-            .ok_or(ProbeError::NoMap("PORTS"))?;
-        let mut ports: HashMap<_, u16, u8> = HashMap::try_from(map).map_err(err)?;
-        ports.insert(port, 1, 0).map_err(err)
+        self.object.add_port(port)
     }
 
     /// The processes in the `TGIDS` filter now (forks add to it in the kernel).
     pub fn tgids(&self) -> Result<BTreeSet<u32>, ProbeError> {
-        let err = |source| ProbeError::Map {
-            map: "TGIDS",
-            source,
-        };
-        let map = self.ebpf.map("TGIDS").ok_or(ProbeError::NoMap("TGIDS"))?;
-        let tgids: HashMap<_, u32, u8> = HashMap::try_from(map).map_err(err)?;
-        tgids.keys().collect::<Result<_, _>>().map_err(err)
+        self.object.tgids()
     }
 
-    /// The local ports in the `PORTS` filter now (learned ones included).
+    /// The local ports in the port filter now (learned ones included).
     pub fn ports(&self) -> Result<BTreeSet<u16>, ProbeError> {
-        let err = |source| ProbeError::Map {
-            map: "PORTS",
-            source,
-        };
-        let map = self.ebpf.map("PORTS").ok_or(ProbeError::NoMap("PORTS"))?;
-        let ports: HashMap<_, u16, u8> = HashMap::try_from(map).map_err(err)?;
-        ports.keys().collect::<Result<_, _>>().map_err(err)
+        self.object.ports()
     }
 
     /// The `CONFIG_FILTER_*` bits in force.
@@ -335,43 +247,64 @@ impl Probes {
         self.filter_flags
     }
 
+    /// Detaches the kernel probes `kinds`, in that order, keeping them loaded with their
+    /// maps' state: [`Probes::resume`] attaches them again. For sampling in time. With
+    /// `SockRecv` go its fallback and the port learners (a send of any process on the
+    /// machine runs the send learner: 50 k runs/s under a 50 k msg/s feed server); a port
+    /// not learned meanwhile is learned from the first read once they are back.
+    pub fn pause(&mut self, kinds: impl IntoIterator<Item = ProbeKind>) -> Result<(), ProbeError> {
+        for kind in kinds {
+            for program in programs_of(kind) {
+                self.object.pause(program)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches again, in that order, what [`Probes::pause`] detached of `kinds`.
+    pub fn resume(&mut self, kinds: impl IntoIterator<Item = ProbeKind>) -> Result<(), ProbeError> {
+        for kind in kinds {
+            for program in programs_of(kind) {
+                self.object.resume(program)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Loads and attaches one kernel probe (a tp_btf or classic tracepoint).
     pub fn attach(&mut self, kind: ProbeKind) -> Result<(), ProbeError> {
-        let program = kind.program();
-        let hook = kind.hook();
-        let err = |source| ProbeError::Program {
-            probe: kind.name(),
-            hook: match hook {
-                Hook::TpBtf(name) => name,
-                Hook::Tracepoints(category, _) => category,
-                Hook::Uprobe => "uprobe",
-                Hook::Uretprobe => "uretprobe",
-            },
-            source,
-        };
-        let prog = self
-            .ebpf
-            .program_mut(program)
-            .ok_or(ProbeError::NoProgram(program))?;
-        match hook {
-            Hook::TpBtf(name) => {
-                let prog: &mut BtfTracePoint = prog.try_into().map_err(err)?;
-                prog.load(name, &self.kernel_btf).map_err(err)?;
-                prog.attach().map_err(err)?;
+        let program = Program::Probe(kind);
+        match kind.hook() {
+            Hook::TpBtf(_) if kind == ProbeKind::SockRecv => {
+                if self.attach_or_fall_back(
+                    kind.name(),
+                    program,
+                    &RECV_FALLBACK,
+                    Program::RecvFallback,
+                )? {
+                    // It tells the reads' fallback where each new socket's stream starts.
+                    if let Err(e) = self.attach_state_learner() {
+                        self.notes.push(format!(
+                            "sock_recv: {} not attached ({}): every socket's first read has an unknown length",
+                            SEND_FALLBACK.instead,
+                            cause(&e)
+                        ));
+                    }
+                }
             }
+            Hook::TpBtf(name) => self.object.attach_tp_btf(program, name)?,
             Hook::Tracepoints(category, names) => {
-                let prog: &mut TracePoint = prog.try_into().map_err(err)?;
-                prog.load().map_err(err)?;
                 // A kernel may lack some of them (epoll_pwait2 is 5.11+): one is enough.
                 let mut first_error = None;
                 let mut attached = 0;
                 for name in names {
-                    match prog.attach(category, name) {
-                        Ok(_) => attached += 1,
+                    match self.object.attach_tracepoint(program, category, name) {
+                        Ok(()) => attached += 1,
                         Err(e) => {
                             self.notes.push(format!(
-                                "{}: {category}:{name} not attached ({e})",
-                                kind.name()
+                                "{}: {category}:{name} not attached ({})",
+                                kind.name(),
+                                cause(&e)
                             ));
                             first_error.get_or_insert(e);
                         }
@@ -380,12 +313,11 @@ impl Probes {
                 if attached == 0
                     && let Some(e) = first_error
                 {
-                    return Err(err(e));
+                    return Err(e);
                 }
             }
             Hook::Uprobe | Hook::Uretprobe => return Err(ProbeError::WrongHook(kind.name())),
         }
-        self.loaded.insert(kind);
         self.attached.push(kind);
         if kind == ProbeKind::SockRecv && self.filter_flags & CONFIG_LEARN_PORTS != 0 {
             self.attach_send_learner();
@@ -397,22 +329,83 @@ impl Probes {
     /// it, segments that arrive before the client's first read are filtered out. Optional:
     /// where it cannot attach, ports are learned from reads alone, and a note says so.
     fn attach_send_learner(&mut self) {
-        const PROGRAM: &str = "sock_send_learn";
-        let kernel_btf = &self.kernel_btf;
-        let placed = match self.ebpf.program_mut(PROGRAM) {
-            None => Err(format!("{PROGRAM} is not in the probe object")),
-            Some(prog) => <&mut BtfTracePoint>::try_from(prog)
-                .and_then(|prog| {
-                    prog.load("sock_send_length", kernel_btf)?;
-                    prog.attach().map(drop)
-                })
-                .map_err(|e| e.to_string()),
-        };
-        if let Err(e) = placed {
+        if let Err(e) = self.attach_or_fall_back(
+            "port learning",
+            Program::SendLearner,
+            &SEND_FALLBACK,
+            Program::StateLearner,
+        ) {
             self.notes.push(format!(
-                "ports are learned from reads only (sock_send_length: {e}); messages that arrive before the first read are not joined"
+                "ports are learned from reads only ({e}); messages that arrive before the first read are not joined"
             ));
         }
+    }
+
+    /// Attaches `program` on `fallback.hook`; where that tracepoint is missing or refused,
+    /// or fallbacks are forced, attaches `instead` on `fallback.instead` and notes what
+    /// degrades. Returns whether the fallback is in use; fails naming both hooks when
+    /// neither attaches.
+    fn attach_or_fall_back(
+        &mut self,
+        what: &'static str,
+        program: Program,
+        fallback: &Fallback,
+        instead: Program,
+    ) -> Result<bool, ProbeError> {
+        let why = if self.force_fallbacks {
+            "is not used (fallbacks forced)".to_string()
+        } else {
+            match self.object.attach_tp_btf(program, fallback.hook) {
+                Ok(()) => return Ok(false),
+                Err(ProbeError::NoTracepoint { .. }) => "does not exist on this kernel".to_string(),
+                // Missing privileges are not the hook's fault: say what to do.
+                Err(e @ ProbeError::NotPermitted { .. }) => return Err(e),
+                Err(e) => format!("was refused ({})", cause(&e)),
+            }
+        };
+        let attached = if instead == Program::StateLearner {
+            self.attach_state_learner()
+        } else {
+            self.object.attach_tp_btf(instead, fallback.instead)
+        };
+        match attached {
+            Ok(()) => {
+                self.note_fallback(fallback, &why);
+                Ok(true)
+            }
+            Err(e) => Err(ProbeError::NoFallback {
+                probe: what,
+                hook: fallback.hook,
+                since: fallback.since,
+                why,
+                instead: fallback.instead,
+                source: Box::new(e),
+            }),
+        }
+    }
+
+    fn note_fallback(&mut self, fallback: &Fallback, why: &str) {
+        self.notes.push(format!(
+            "{} (kernel {}+) {why}: {} comes from {} instead; {}",
+            fallback.hook, fallback.since, fallback.role, fallback.instead, fallback.degrades
+        ));
+        self.fallbacks.push(*fallback);
+    }
+
+    /// Attaches the TCP state program once (port learning and the reads' fallback share it).
+    fn attach_state_learner(&mut self) -> Result<(), ProbeError> {
+        if !self.state_learner {
+            self.object
+                .attach_tp_btf(Program::StateLearner, SEND_FALLBACK.instead)?;
+            self.state_learner = true;
+        }
+        Ok(())
+    }
+
+    /// The fallbacks in use: the preferred tracepoints this kernel lacks (or that were
+    /// forced off), each with what was attached instead.
+    pub fn fallbacks(&self) -> &[Fallback] {
+        &self.fallbacks
     }
 
     /// Places a uprobe-type probe (`CallbackEntry`/`CallbackExit`/`UserEntry`/`UserExit`)
@@ -425,30 +418,12 @@ impl Probes {
         if !matches!(kind.hook(), Hook::Uprobe | Hook::Uretprobe) {
             return Err(ProbeError::WrongHook(kind.name()));
         }
-        let program = kind.program();
-        let err = |source| ProbeError::Program {
-            probe: kind.name(),
-            hook: "uprobe",
-            source,
-        };
-        let prog: &mut UProbe = self
-            .ebpf
-            .program_mut(program)
-            .ok_or(ProbeError::NoProgram(program))?
-            .try_into()
-            .map_err(err)?;
-        if !self.loaded.contains(&kind) {
-            prog.load().map_err(err)?;
-            self.loaded.insert(kind);
-        }
-        // Every process mapping the binary: a per-process perf event would only follow
-        // one thread. The tgid filter in the probe picks the traced processes.
-        let scope = UProbeScope::AllProcesses;
-        let point = UProbeAttachPoint {
-            location: UProbeAttachLocation::Symbol(&target.symbol),
-            cookie: Some(target.cookie),
-        };
-        prog.attach(point, &target.binary, scope).map_err(err)?;
+        self.object.attach_uprobe(
+            Program::Probe(kind),
+            &target.binary,
+            &target.symbol,
+            Some(target.cookie),
+        )?;
         // Listed once it is attached somewhere, not when a first placement failed.
         if !self.attached.contains(&kind) {
             self.attached.push(kind);
@@ -473,27 +448,51 @@ impl Probes {
 
     /// Takes the event ring out of the object (once).
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        let map = self
-            .ebpf
-            .take_map("EVENTS")
-            .ok_or(ProbeError::NoMap("EVENTS"))?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
-            map: "EVENTS",
-            source,
-        })
+        self.object.take_map(Map::Events)
     }
 
     /// Records lost per probe (summed over CPUs) because the ring was full.
     pub fn drops(&self) -> Result<[u64; PROBE_COUNT], ProbeError> {
-        let err = |source| ProbeError::Map {
-            map: "DROPS",
-            source,
-        };
-        let map = self.ebpf.map("DROPS").ok_or(ProbeError::NoMap("DROPS"))?;
-        let drops: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(err)?;
+        let drops: PerCpuArray<_, u64> = self.object.typed_map(Map::Drops)?;
         let mut out = [0u64; PROBE_COUNT];
         for (i, slot) in out.iter_mut().enumerate() {
-            *slot = drops.get(&(i as u32), 0).map_err(err)?.iter().sum();
+            *slot = drops
+                .get(&(i as u32), 0)
+                .map_err(|e| ProbeError::map(Map::Drops, e))?
+                .iter()
+                .sum();
+        }
+        Ok(out)
+    }
+
+    /// Aggregate mode: every kernel stage histogram ([`ws_abi::agg::stage`] order), each
+    /// merged over the CPUs into `into` (resized to [`ws_abi::agg::stage::COUNT`]; its
+    /// buffers are reused from one call to the next).
+    pub fn aggregate_stages(&self, into: &mut Vec<StageHist>) -> Result<(), ProbeError> {
+        let hist: PerCpuArray<_, StageHist> = self.object.typed_map(Map::AggHist)?;
+        into.resize(stage::COUNT as usize, StageHist::default());
+        for (i, merged) in into.iter_mut().enumerate() {
+            let per_cpu = hist
+                .get(&(i as u32), 0)
+                .map_err(|e| ProbeError::map(Map::AggHist, e))?;
+            *merged = StageHist::default();
+            for h in per_cpu.iter() {
+                merged.merge(h);
+            }
+        }
+        Ok(())
+    }
+
+    /// Aggregate mode: the counters ([`ws_abi::agg::counter`] order), summed over the CPUs.
+    pub fn aggregate_counters(&self) -> Result<[u64; counter::COUNT as usize], ProbeError> {
+        let counts: PerCpuArray<_, u64> = self.object.typed_map(Map::AggCounts)?;
+        let mut out = [0u64; counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = counts
+                .get(&(i as u32), 0)
+                .map_err(|e| ProbeError::map(Map::AggCounts, e))?
+                .iter()
+                .sum();
         }
         Ok(out)
     }
@@ -502,9 +501,21 @@ impl Probes {
     /// which loading turns on when it may) and recursion misses (events the probe never
     /// saw because it was already running on that CPU).
     pub fn run_stats(&self, kind: ProbeKind) -> Option<ProgramStats> {
-        let prog = self.ebpf.program(kind.program())?;
-        let fd = prog.fd().ok()?;
-        crate::progstats::program_stats(fd.as_fd()).ok()
+        self.object.run_stats(Program::Probe(kind))
+    }
+
+    /// The kernel's counters of the loaded helper programs that are no probe kind's (the
+    /// port learners, the reads' fallback), by program name: they run on their hooks like
+    /// any probe (the send learner on every send of the machine) and cost as much.
+    pub fn helper_stats(&self) -> Vec<(&'static str, ProgramStats)> {
+        [
+            Program::SendLearner,
+            Program::StateLearner,
+            Program::RecvFallback,
+        ]
+        .into_iter()
+        .filter_map(|p| Some((p.name(), self.object.run_stats(p)?)))
+        .collect()
     }
 
     /// Forwards pending aya-log records to the `log` crate (no-op unless logging).
@@ -512,5 +523,14 @@ impl Probes {
         if let Some(logger) = self.logger.as_mut() {
             logger.flush();
         }
+    }
+}
+
+/// The kernel's answer inside a refusal, as the notes have always shown it (the probe
+/// and hook are already in the note).
+fn cause(e: &ProbeError) -> String {
+    match e {
+        ProbeError::Program { source, .. } => source.to_string(),
+        other => other.to_string(),
     }
 }

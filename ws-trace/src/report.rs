@@ -6,9 +6,9 @@ use std::{collections::BTreeMap, fmt, path::Path};
 use ws_abi::{PROBE_COUNT, ProbeKind};
 
 use crate::{
-    correlate::{Correlation, MessageRow, STAMP_COUNT, Stamp, correlate},
+    correlate::{Correlation, MessageRow, RowKind, STAMP_COUNT, Stamp, correlate},
     decode::{Event, decode},
-    tracefile::{TraceFileError, TraceHeader, TraceReader},
+    tracefile::{Integrity, TraceFileError, TraceHeader, TraceReader},
 };
 
 /// A trace file loaded into memory.
@@ -23,6 +23,35 @@ pub struct LoadedTrace {
     pub counts: [ProbeTally; PROBE_COUNT],
     /// The file was cut short (no footer): the session died before finishing it.
     pub truncated: bool,
+    /// What the reader found damaged or missing, and skipped.
+    pub integrity: Integrity,
+}
+
+impl LoadedTrace {
+    /// What a reader of this trace should be told about its damage and truncation, one
+    /// line each (empty for an intact, complete file).
+    pub fn warnings(&self) -> Vec<String> {
+        integrity_notes(&self.integrity, self.truncated)
+    }
+}
+
+/// The `corrupt:` and truncation lines of a trace.
+fn integrity_notes(integrity: &Integrity, truncated: bool) -> Vec<String> {
+    let mut notes = Vec::new();
+    if !integrity.is_intact() {
+        notes.push(format!("corrupt: {integrity}"));
+    }
+    if truncated {
+        notes.push(
+            if integrity.records_lost.is_none() && !integrity.is_intact() {
+                "note: no footer: the damage runs to the end of the file".to_string()
+            } else {
+                "note: the file was cut short (the session died): all whole records are used"
+                    .to_string()
+            },
+        );
+    }
+    notes
 }
 
 /// One probe's events and losses in a trace.
@@ -42,9 +71,18 @@ impl ProbeTally {
     }
 }
 
-/// Reads and decodes a whole trace file.
+/// Reads and decodes a whole trace file. A damaged file is read (what was skipped is in
+/// [`LoadedTrace::integrity`]), unless not one record of it could be:
+/// [`TraceFileError::Unreadable`].
 pub fn load(path: &Path) -> Result<LoadedTrace, TraceFileError> {
     let reader = TraceReader::open(path)?;
+    let integrity = reader.integrity().clone();
+    if !integrity.is_intact() && reader.records().next().is_none() {
+        return Err(TraceFileError::Unreadable {
+            path: path.to_path_buf(),
+            integrity,
+        });
+    }
     let mut events = Vec::with_capacity(reader.record_count() as usize);
     let mut undecodable = 0;
     let mut counts = [ProbeTally::default(); PROBE_COUNT];
@@ -71,6 +109,7 @@ pub fn load(path: &Path) -> Result<LoadedTrace, TraceFileError> {
         undecodable,
         counts,
         truncated: reader.truncated(),
+        integrity,
     })
 }
 
@@ -140,7 +179,9 @@ impl StageTable {
     pub fn of<'a>(rows: impl IntoIterator<Item = &'a MessageRow>) -> StageTable {
         let mut per: Vec<Vec<u64>> = vec![Vec::new(); STAMP_COUNT];
         let mut totals = Vec::new();
+        let mut reads_only = true;
         for r in rows {
+            reads_only &= r.kind == RowKind::Read;
             for (s, d) in r.stages() {
                 per[s as usize].push(d);
             }
@@ -156,7 +197,12 @@ impl StageTable {
             .map(|(s, v)| stats(s.name(), s.stage(), v, total))
             .collect();
         let messages = totals.len() as u64;
-        stages.push(stats("total", "nic → callback_done", totals, total));
+        let label = if reads_only {
+            "nic → read return (→ function return)"
+        } else {
+            "nic → callback_done"
+        };
+        stages.push(stats("total", label, totals, total));
         StageTable { messages, stages }
     }
 }
@@ -201,6 +247,8 @@ pub struct Report {
     pub probes: Vec<ProbeRow>,
     /// The file was cut short.
     pub truncated: bool,
+    /// What the reader found damaged or missing, and skipped.
+    pub integrity: Integrity,
     /// Records that did not decode.
     pub undecodable: u64,
     /// Messages seen and joined, and why the rest were not.
@@ -213,6 +261,74 @@ pub struct Report {
     pub per_connection: BTreeMap<u64, StageTable>,
     /// The slowest messages, in full.
     pub slowest: Vec<MessageRow>,
+    /// Reads of sockets without engine messages (clients not built on ws-engine).
+    pub reads: ReadsSummary,
+    /// Latency of each `--uprobe` function (like funclatency).
+    pub functions: Vec<FunctionStats>,
+}
+
+/// The per-read rows of a trace.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReadsSummary {
+    /// Reads seen on sockets the engine reported no message on.
+    pub total: u64,
+    /// Reads joined NIC → read return.
+    pub joined: u64,
+    /// Why the others were not.
+    pub unjoined: crate::correlate::Unjoined,
+    /// Their stage table.
+    pub stages: StageTable,
+}
+
+/// Latency of one `--uprobe` function, entry to return.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FunctionStats {
+    /// `BINARY:SYMBOL` as given.
+    pub symbol: String,
+    /// Completed calls.
+    pub count: u64,
+    /// Median duration, ns.
+    pub p50_ns: u64,
+    /// 90th percentile, ns.
+    pub p90_ns: u64,
+    /// 99th percentile, ns.
+    pub p99_ns: u64,
+    /// Longest, ns.
+    pub max_ns: u64,
+}
+
+/// Per `--uprobe` (by its index), the latency of its calls; named from the trace
+/// header's uprobe targets.
+fn function_stats(trace: &LoadedTrace, c: &Correlation) -> Vec<FunctionStats> {
+    let names: Vec<String> = trace
+        .header
+        .probes
+        .iter()
+        .filter(|p| p.kind == ProbeKind::UserEntry as u16)
+        .map(|p| p.target.clone().unwrap_or_else(|| "?".into()))
+        .collect();
+    let mut by: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for call in &c.calls {
+        by.entry(call.uprobe)
+            .or_default()
+            .push(call.exit_ns.saturating_sub(call.entry_ns));
+    }
+    by.into_iter()
+        .map(|(i, mut v)| {
+            v.sort_unstable();
+            FunctionStats {
+                symbol: names
+                    .get(i as usize)
+                    .cloned()
+                    .unwrap_or_else(|| format!("uprobe #{i}")),
+                count: v.len() as u64,
+                p50_ns: percentile(&v, 0.50),
+                p90_ns: percentile(&v, 0.90),
+                p99_ns: percentile(&v, 0.99),
+                max_ns: v.last().copied().unwrap_or(0),
+            }
+        })
+        .collect()
 }
 
 /// One probe's line in the report.
@@ -251,11 +367,11 @@ impl Report {
     pub fn with_correlation(trace: &LoadedTrace, c: &Correlation, slowest: usize) -> Report {
         let mut per: BTreeMap<u64, Vec<&MessageRow>> = BTreeMap::new();
         let mut tls_paths = BTreeMap::new();
-        for r in &c.rows {
+        for r in c.messages() {
             per.entry(r.cookie).or_default().push(r);
             *tls_paths.entry(r.tls.to_string()).or_insert(0) += 1;
         }
-        let mut by_total: Vec<&MessageRow> = c.rows.iter().collect();
+        let mut by_total: Vec<&MessageRow> = c.messages().collect();
         by_total.sort_by_key(|r| std::cmp::Reverse(r.total_ns().unwrap_or(0)));
         Report {
             kernel: trace.header.kernel_release.clone(),
@@ -269,21 +385,29 @@ impl Report {
                 })
                 .collect(),
             truncated: trace.truncated,
+            integrity: trace.integrity.clone(),
             undecodable: trace.undecodable,
             correlation: CorrelationSummary {
                 messages: c.messages,
-                joined: c.rows.len() as u64,
+                joined: c.messages().count() as u64,
                 unjoined: c.unjoined.clone(),
                 clock_check_ns: c.clock_check_ns,
                 engine_clock_error_ns: c.engine_clock_error_ns,
             },
             tls_paths,
-            overall: StageTable::of(&c.rows),
+            overall: StageTable::of(c.messages()),
             per_connection: per
                 .into_iter()
                 .map(|(cookie, rows)| (cookie, StageTable::of(rows)))
                 .collect(),
             slowest: by_total.into_iter().take(slowest).cloned().collect(),
+            reads: ReadsSummary {
+                total: c.reads,
+                joined: c.read_rows().count() as u64,
+                unjoined: c.reads_unjoined.clone(),
+                stages: StageTable::of(c.read_rows()),
+            },
+            functions: function_stats(trace, c),
         }
     }
 }
@@ -291,11 +415,8 @@ impl Report {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "trace: kernel {} on {}", self.kernel, self.host)?;
-        if self.truncated {
-            writeln!(
-                f,
-                "note: the file was cut short (the session died): all whole records are used"
-            )?;
+        for note in integrity_notes(&self.integrity, self.truncated) {
+            writeln!(f, "{note}")?;
         }
         let events: Vec<String> = self
             .probes
@@ -315,32 +436,39 @@ impl fmt::Display for Report {
         writeln!(f, "events: {}", events.join(", "))?;
         let c = &self.correlation;
         let u = &c.unjoined;
-        writeln!(
-            f,
-            "messages: {} seen, {} joined NIC→callback; not joined: {} (no read {}, no segment {}, no nic {}, no softirq {}, no callback exit {})",
-            c.messages,
-            c.joined,
-            u.total(),
-            u.no_read,
-            u.no_segment,
-            u.no_nic,
-            u.no_softirq,
-            u.no_exit
-        )?;
+        // A trace of a client not built on ws-engine has reads, no messages.
+        let engine = c.messages > 0 || self.reads.total == 0;
+        if engine {
+            writeln!(
+                f,
+                "messages: {} seen, {} joined NIC→callback; not joined: {} (no read {}, no segment {}, no nic {}, no softirq {}, no callback exit {}, inconsistent {})",
+                c.messages,
+                c.joined,
+                u.total(),
+                u.no_read,
+                u.no_segment,
+                u.no_nic,
+                u.no_softirq,
+                u.no_exit,
+                u.inconsistent
+            )?;
+        }
         let tls: Vec<String> = self
             .tls_paths
             .iter()
             .map(|(p, n)| format!("{p} {n}"))
             .collect();
-        writeln!(
-            f,
-            "tls path: {}",
-            if tls.is_empty() {
-                "-".into()
-            } else {
-                tls.join(", ")
-            }
-        )?;
+        if engine {
+            writeln!(
+                f,
+                "tls path: {}",
+                if tls.is_empty() {
+                    "-".into()
+                } else {
+                    tls.join(", ")
+                }
+            )?;
+        }
         if let Some(ns) = c.engine_clock_error_ns {
             writeln!(
                 f,
@@ -353,8 +481,48 @@ impl fmt::Display for Report {
                 "clock check: uprobe stamp − engine callback stamp, median {ns} ns"
             )?;
         }
-        writeln!(f, "\nall connections ({} messages)", self.overall.messages)?;
-        write!(f, "{}", self.overall)?;
+        let r = &self.reads;
+        if r.total > 0 {
+            let u = &r.unjoined;
+            writeln!(
+                f,
+                "reads: {} seen on sockets without engine messages, {} joined NIC→read return; not joined: {} (no segment {}, no nic {}, no softirq {}, inconsistent {})",
+                r.total,
+                r.joined,
+                u.total(),
+                u.no_segment,
+                u.no_nic,
+                u.no_softirq,
+                u.inconsistent
+            )?;
+        }
+        if self.overall.messages > 0 || r.total == 0 {
+            writeln!(f, "\nall connections ({} messages)", self.overall.messages)?;
+            write!(f, "{}", self.overall)?;
+        }
+        if r.joined > 0 {
+            writeln!(f, "\nreads ({} joined)", r.joined)?;
+            write!(f, "{}", r.stages)?;
+        }
+        if !self.functions.is_empty() {
+            writeln!(
+                f,
+                "\nfunctions (µs, entry → return)\n{:<40} {:>8} {:>9} {:>9} {:>9} {:>9}",
+                "function", "count", "p50", "p90", "p99", "max"
+            )?;
+            for s in &self.functions {
+                writeln!(
+                    f,
+                    "{:<40} {:>8} {:>9} {:>9} {:>9} {:>9}",
+                    s.symbol,
+                    s.count,
+                    us(s.p50_ns),
+                    us(s.p90_ns),
+                    us(s.p99_ns),
+                    us(s.max_ns)
+                )?;
+            }
+        }
         if self.per_connection.len() > 1 {
             for (cookie, table) in &self.per_connection {
                 writeln!(
@@ -408,6 +576,60 @@ mod tests {
     }
 
     #[test]
+    fn damage_and_truncation_are_told_apart() {
+        let mut trace = LoadedTrace {
+            header: crate::tracefile::TraceHeader::default(),
+            events: Vec::new(),
+            undecodable: 0,
+            counts: [ProbeTally::default(); PROBE_COUNT],
+            truncated: false,
+            integrity: Integrity::default(),
+        };
+        assert!(trace.warnings().is_empty());
+        let text = Report::build(&trace, 0).to_string();
+        assert!(
+            !text.contains("corrupt") && !text.contains("note:"),
+            "{text}"
+        );
+        trace.integrity = Integrity {
+            corrupt_blocks: 1,
+            corrupt_bytes: 65_576,
+            records_lost: Some(812),
+            ..Integrity::default()
+        };
+        let text = Report::build(&trace, 0).to_string();
+        assert!(
+            text.contains("corrupt: 1 block (64.0 KiB) skipped, 812 records lost"),
+            "{text}"
+        );
+        assert!(!text.contains("cut short"), "{text}");
+        trace.truncated = true;
+        trace.integrity.truncated = true;
+        trace.integrity.corrupt_blocks = 3;
+        trace.integrity.records_lost = None;
+        let w = trace.warnings();
+        assert_eq!(
+            w,
+            [
+                "corrupt: 3 blocks (64.0 KiB) skipped, an unknown number of records lost",
+                "note: no footer: the damage runs to the end of the file"
+            ]
+        );
+        let json = serde_json::to_value(Report::build(&trace, 0)).unwrap();
+        assert_eq!(json["integrity"]["corrupt_blocks"], 3);
+        assert_eq!(json["integrity"]["records_lost"], serde_json::Value::Null);
+        assert_eq!(json["integrity"]["truncated"], true);
+        trace.integrity = Integrity {
+            truncated: true,
+            ..Integrity::default()
+        };
+        assert_eq!(
+            trace.warnings(),
+            ["note: the file was cut short (the session died): all whole records are used"]
+        );
+    }
+
+    #[test]
     fn losses_are_named_per_probe() {
         let mut counts = [ProbeTally::default(); PROBE_COUNT];
         let tally = |events, drops, misses| ProbeTally {
@@ -425,6 +647,7 @@ mod tests {
             undecodable: 0,
             counts,
             truncated: false,
+            integrity: Integrity::default(),
         };
         let report = Report::build(&trace, 0);
         assert_eq!(report.probes.len(), 4);

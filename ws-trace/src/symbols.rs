@@ -75,6 +75,16 @@ pub enum SymbolError {
         /// The binary as given.
         binary: String,
     },
+    /// A bare library name that no traced process has mapped.
+    #[error(
+        "no traced process (pid {pids}) maps a library named {library:?} (yet): give its path, e.g. /usr/lib/x86_64-linux-gnu/{library}.so"
+    )]
+    NotMapped {
+        /// The name as given.
+        library: String,
+        /// The processes looked at.
+        pids: String,
+    },
     /// The binary could not be read as an ELF file.
     #[error("cannot read symbols of {}: {source}", binary.display())]
     Inspect {
@@ -189,6 +199,60 @@ pub fn parse_target(spec: &str) -> Result<(PathBuf, String), SymbolError> {
         return Err(bad("empty symbol"));
     }
     Ok((find_binary(binary)?, symbol.to_string()))
+}
+
+/// [`parse_target`], then the binary found: a path, a program on `PATH` or in the current
+/// directory, or a shared library one of `tgids` has mapped, named by its file name or a
+/// prefix of it (`libssl` or `libssl.so.3` for `/usr/lib/x86_64-linux-gnu/libssl.so.3`),
+/// reached through `/proc/PID/root` so a container's own files work too.
+pub fn parse_target_in(
+    spec: &str,
+    tgids: &std::collections::BTreeSet<u32>,
+) -> Result<(PathBuf, String), SymbolError> {
+    let name = match parse_target(spec) {
+        Err(SymbolError::BinaryNotFound { binary })
+            if !binary.contains('/') && !tgids.is_empty() =>
+        {
+            binary
+        }
+        other => return other,
+    };
+    // The symbol is what follows the binary's name and its ':'.
+    let symbol = spec[name.len() + 1..].to_string();
+    let path = mapped_library(&name, tgids).ok_or_else(|| SymbolError::NotMapped {
+        pids: tgids
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        library: name,
+    })?;
+    Ok((path, symbol))
+}
+
+/// The first file mapped by one of `tgids` whose file name is `name` or starts with it
+/// (followed by `.` or `-`), as a path through that process's root.
+fn mapped_library(name: &str, tgids: &std::collections::BTreeSet<u32>) -> Option<PathBuf> {
+    for tgid in tgids {
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{tgid}/maps")) else {
+            continue;
+        };
+        for line in maps.lines() {
+            // address perms offset dev inode path
+            let Some(path) = line.split_whitespace().nth(5) else {
+                continue;
+            };
+            let file = path.rsplit('/').next().unwrap_or(path);
+            let matches = file == name
+                || file
+                    .strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('-'));
+            if matches && path.starts_with('/') {
+                return Some(PathBuf::from(format!("/proc/{tgid}/root{path}")));
+            }
+        }
+    }
+    None
 }
 
 fn find_binary(binary: &str) -> Result<PathBuf, SymbolError> {
@@ -592,6 +656,26 @@ mod tests {
             }
         }
         panic!("{addr:#x} not mapped");
+    }
+
+    #[test]
+    fn a_library_is_found_through_the_targets_maps() {
+        let me = std::collections::BTreeSet::from([std::process::id()]);
+        let (path, symbol) = parse_target_in("libc:getpid", &me).expect("libc is mapped");
+        assert_eq!(symbol, "getpid");
+        let shown = path.display().to_string();
+        assert!(
+            shown.starts_with(&format!("/proc/{}/root/", std::process::id()))
+                && shown.contains("libc"),
+            "{shown}"
+        );
+        assert!(path.is_file(), "{shown}");
+        resolve(&path, "getpid").expect("getpid in libc");
+        let err = parse_target_in("libnothere-ws-trace:f", &me).unwrap_err();
+        assert!(matches!(err, SymbolError::NotMapped { .. }), "{err}");
+        assert!(err.to_string().contains("give its path"), "{err}");
+        // Paths and programs on PATH resolve as before.
+        assert!(parse_target_in("sh:main", &me).is_ok());
     }
 
     #[test]

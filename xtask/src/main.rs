@@ -1,10 +1,11 @@
-//! Project tasks: `cargo xtask setup|build|test|demo|bench`.
+//! Project tasks: `cargo xtask setup|build|test|demo|bench|vmtest`.
 //!
 //! Every task prints what it runs and how long it took. `setup` installs only what is
 //! missing and is quick when nothing is.
 mod bench;
 mod setup;
 mod util;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -24,7 +25,8 @@ enum Task {
     Setup,
     /// Build everything, probes included (release).
     Build,
-    /// Setup, then fmt --check, clippy -D warnings, and every test (root-only probe tests too).
+    /// Setup, then fmt --check, clippy -D warnings, every test (root-only probe tests too),
+    /// and the probe tests in a VM on kernel 6.1 (`vmtest --kernel 6.1`).
     Test,
     /// Build, run `ws-trace doctor`, then `ws-trace demo`: a real traced WebSocket session.
     Demo {
@@ -41,6 +43,21 @@ enum Task {
         #[arg(long, value_name = "FILE")]
         json: Option<std::path::PathBuf>,
     },
+    /// The probe and join tests in a VM (qemu, TCG) running one of Debian's kernels.
+    Vmtest {
+        /// Kernel version to boot, as in Debian's package names (6.1, 6.12); repeatable.
+        #[arg(long = "kernel", required = true)]
+        kernels: Vec<String>,
+        /// Also run the engine's TLS tests (kTLS: the VM loads `tls.ko`).
+        #[arg(long)]
+        ktls: bool,
+        /// Also run `ws-trace doctor` and a short `ws-trace demo` in the VM.
+        #[arg(long)]
+        demo: bool,
+        /// Seconds before a VM that has not powered off is killed.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -51,6 +68,19 @@ fn main() -> ExitCode {
         Task::Test => test(),
         Task::Demo { duration } => demo(duration),
         Task::Bench { which, json } => bench::run(which, json.as_deref()),
+        Task::Vmtest {
+            kernels,
+            ktls,
+            demo,
+            timeout,
+        } => setup::run().and_then(|()| {
+            vm::run(
+                &kernels,
+                ktls,
+                demo,
+                std::time::Duration::from_secs(timeout),
+            )
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,7 +129,17 @@ fn test() -> anyhow::Result<()> {
         "--exclude",
         "ws-ebpf",
         "--no-fail-fast",
-    ])
+    ])?;
+    // The probe and join tests on Debian 12's own kernel (6.1: no sock_recv_length, so
+    // the fallbacks), in a TCG VM with one vCPU, with `tls.ko`: the engine's TLS tests on
+    // kTLS, then doctor and a short traced wss:// demo in the guest. About three minutes
+    // (docs/kernels.md).
+    vm::run(
+        &["6.1".to_string()],
+        true,
+        true,
+        std::time::Duration::from_secs(600),
+    )
 }
 
 fn demo(duration: f64) -> anyhow::Result<()> {

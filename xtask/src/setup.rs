@@ -26,6 +26,17 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     // objcopy, to make a stripped binary in the symbol tests.
     "binutils",
+    // A real terminal for `ws-trace top`'s test (it reads the screen with capture-pane).
+    "tmux",
+    // `cargo xtask vmtest`: the VM, its initramfs (busybox, cpio), 6.12+'s xz modules.
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "xz-utils",
+    // `serve`'s tests: a real Prometheus scraping it (run on a free loopback port with its
+    // own config; the package's own service, where systemd starts it, is not used), and
+    // promtool to lint /metrics.
+    "prometheus",
 ];
 
 /// The bpf-linker release this project is built and tested with.

@@ -3,9 +3,14 @@ use std::{path::PathBuf, process::Command, time::Instant};
 
 use anyhow::{Context as _, bail};
 
-/// The workspace root (xtask lives one level below it).
+/// The workspace root (xtask lives one level below it). `cargo run` sets
+/// `CARGO_MANIFEST_DIR` for the run too, and that one wins: two checkouts sharing one
+/// `CARGO_TARGET_DIR` may run an xtask binary cargo built in the other checkout (the
+/// compiled-in path is not part of what makes cargo rebuild it).
 pub fn root() -> PathBuf {
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let here = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     here.parent().map(PathBuf::from).unwrap_or(here)
 }
 

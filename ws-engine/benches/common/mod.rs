@@ -64,6 +64,12 @@ pub fn parse_args(with_size: bool) -> Args {
     out
 }
 
+/// The bench header (`ws_clock::bench_header`): the stamp clock, what one read of each
+/// clock costs here (measured now), how quiet the machine is.
+pub fn print_header(bench: &str) {
+    println!("{}", ws_engine::clock::bench_header(bench));
+}
+
 /// One measured run: wall ns, client CPU ns.
 pub struct Sample {
     pub wall_ns: u64,
@@ -266,13 +272,30 @@ pub fn median(v: &mut [f64]) -> f64 {
 /// Runs each of `peers` (`run_peer(index)`) `runs` times, taking turns run after run, each
 /// run `n` messages of `size` bytes; returns per-peer medians of msgs/s and of client CPU
 /// ns per message. A failed run ends the bench (exit status 1).
+#[allow(dead_code)] // the engine bench keeps every run
 pub fn take_turns<const P: usize>(
     peers: &[&str; P],
     size: usize,
     n: u64,
     runs: usize,
-    mut run_peer: impl FnMut(usize) -> Result<Sample, String>,
+    run_peer: impl FnMut(usize) -> Result<Sample, String>,
 ) -> ([f64; P], [f64; P]) {
+    let (mut rate, mut cpu) = take_turns_all(peers, size, n, runs, run_peer);
+    (
+        rate.each_mut().map(|v| median(v)),
+        cpu.each_mut().map(|v| median(v)),
+    )
+}
+
+/// Like [`take_turns`], but returns every run's msgs/s and CPU ns/msg per peer (in run
+/// order).
+pub fn take_turns_all<const P: usize>(
+    peers: &[&str; P],
+    size: usize,
+    n: u64,
+    runs: usize,
+    mut run_peer: impl FnMut(usize) -> Result<Sample, String>,
+) -> ([Vec<f64>; P], [Vec<f64>; P]) {
     let mut rate: [Vec<f64>; P] = std::array::from_fn(|_| Vec::new());
     let mut cpu: [Vec<f64>; P] = std::array::from_fn(|_| Vec::new());
     for run in 0..runs {
@@ -289,13 +312,11 @@ pub fn take_turns<const P: usize>(
             }
         }
     }
-    (
-        rate.each_mut().map(|v| median(v)),
-        cpu.each_mut().map(|v| median(v)),
-    )
+    (rate, cpu)
 }
 
 /// The per-peer table of medians, then ws-engine (`peers[0]`) against each other peer.
+#[allow(dead_code)] // the engine bench prints its own table
 pub fn print_table(peers: &[&str], mr: &[f64], mc: &[f64]) {
     println!("{:<20} {:>14} {:>16}", "peer", "msgs/s", "CPU ns/msg");
     for (p, peer) in peers.iter().enumerate() {

@@ -239,6 +239,7 @@ fn build(b: ws_profiler::ProfilerBuilder) -> Result<Profiler, String> {
 
 fn main() -> Result<(), String> {
     let a = parse_args()?;
+    println!("{}", ws_clock::bench_header("profiler"));
     let (rounds, iters) = (a.rounds, a.iters);
     let p = Profiler::new();
     let info = p.clock_info();

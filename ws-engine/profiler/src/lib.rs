@@ -597,6 +597,41 @@ impl Profiler {
         }
     }
 
+    /// Whether raw stamps of `clock` ([`ws_clock::Clock::raw`]) are this profiler's ticks,
+    /// so [`Profiler::record_stamped`] records them without reading any clock.
+    pub fn shares_clock(&self, clock: &ws_clock::Clock) -> bool {
+        self.inner.clock.same_ticks_as(clock)
+    }
+
+    /// Record an invocation of `kind` on connection `conn` that its caller stamped itself:
+    /// it ran from raw stamp `start` to raw stamp `end` of `clock`, carrying `bytes` bytes.
+    /// When the profiler shares `clock`'s ticks ([`Profiler::shares_clock`]) no clock is
+    /// read; otherwise the duration is converted with `clock` and the end is now.
+    #[inline]
+    pub fn record_stamped(
+        &self,
+        kind: CallbackKind,
+        conn: u64,
+        clock: &ws_clock::Clock,
+        start: u64,
+        end: u64,
+        bytes: u64,
+    ) {
+        if self.inner.mask.load(Relaxed) & (1u64 << (kind.0 & 63)) == 0 {
+            return;
+        }
+        let ns = clock.delta_ns(end.saturating_sub(start));
+        let t = if self.inner.clock.same_ticks_as(clock) {
+            end
+        } else {
+            self.inner.clock.ticks()
+        };
+        self.inner.commit(kind.0 as usize, ns, bytes, t);
+        if let Some(c) = &self.inner.conns {
+            c.record(conn, kind.0 as usize, ns, bytes, t);
+        }
+    }
+
     /// Time `f` as one invocation of `kind` carrying `bytes` bytes.
     #[inline(always)]
     pub fn time<R>(&self, kind: CallbackKind, bytes: u64, f: impl FnOnce() -> R) -> R {

@@ -715,21 +715,38 @@ impl TlsTransport {
                     }
                     _ => continue,
                 },
-                CT_HANDSHAKE => match dst.first() {
-                    // NewSessionTicket: keep it (resumption), go on reading.
-                    Some(4) if n >= 4 => {
-                        let body = dst[4..n].to_vec();
-                        self.kconn
-                            .handle_new_session_ticket(&body)
-                            .map_err(|e| self.fail(TlsError::PostHandshake(e)))?;
+                // One record may hold several handshake messages (servers send their
+                // session tickets together): each is type, 24-bit length, body.
+                CT_HANDSHAKE => {
+                    let mut rest = &dst[..n];
+                    while !rest.is_empty() {
+                        let Some(&[typ, a, b, c]) = rest.get(..4) else {
+                            return Err(self.fail(TlsError::BadRecord(
+                                "post-handshake message split across records",
+                            )));
+                        };
+                        let len = u32::from_be_bytes([0, a, b, c]) as usize;
+                        let Some(body) = rest.get(4..4 + len) else {
+                            return Err(self.fail(TlsError::BadRecord(
+                                "post-handshake message split across records",
+                            )));
+                        };
+                        match typ {
+                            // NewSessionTicket: keep it (resumption), go on reading.
+                            4 => self
+                                .kconn
+                                .handle_new_session_ticket(body)
+                                .map_err(|e| self.fail(TlsError::PostHandshake(e)))?,
+                            24 => return Err(self.fail(TlsError::KtlsKeyUpdate)),
+                            _ => {
+                                return Err(self.fail(TlsError::UnexpectedMessage(
+                                    "handshake message after the handshake",
+                                )));
+                            }
+                        }
+                        rest = &rest[4 + len..];
                     }
-                    Some(24) => return Err(self.fail(TlsError::KtlsKeyUpdate)),
-                    _ => {
-                        return Err(self.fail(TlsError::UnexpectedMessage(
-                            "handshake message after the handshake",
-                        )));
-                    }
-                },
+                }
                 _ => return Err(self.fail(TlsError::BadRecord("unknown content type"))),
             }
         }

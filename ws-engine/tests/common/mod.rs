@@ -216,6 +216,8 @@ pub struct Collect {
     pub msgs: Vec<(MsgKind, Vec<u8>)>,
     pub probes: Vec<MsgProbe>,
     pub callback_done: Vec<u64>,
+    /// The stamp log as the engine took it (raw clock stamps).
+    pub raw_log: Vec<ws_engine::stamps::RawRecord>,
     pub pings: Vec<Vec<u8>>,
     pub pongs: Vec<Vec<u8>>,
     pub close_frames: Vec<(Option<u16>, String)>,
@@ -232,7 +234,7 @@ pub struct Collect {
 impl Handler for Collect {
     fn on_message(&mut self, conn: &mut ConnCtx<'_>, msg: Message<'_>) {
         self.msgs.push((msg.kind, msg.data.to_vec()));
-        self.probes.push(*msg.probe);
+        self.probes.push(msg.probe());
         if self.echo {
             conn.send(msg.kind, msg.data).unwrap();
         }
@@ -290,6 +292,7 @@ pub fn run_client(url: &str, cfg: &ConnConfig, mut h: Collect) -> Collect {
         .iter()
         .map(|r| r.callback_done_ns)
         .collect();
+    h.raw_log = el.stamp_log().raw_records().to_vec();
     h
 }
 

@@ -1,7 +1,8 @@
 //! `ws-trace demo`: a real traced WebSocket session, end to end.
 //!
-//! A feed server streams market-data-like messages over TLS (`wss://`, a throwaway CA made
-//! for the run) from inside a network namespace (over a veth pair; loopback if namespaces
+//! The feed of `ws-trace feed` ([`crate::feed`]) streams stamped binary messages on its
+//! exact schedule over TLS (`wss://`, a throwaway CA made for the run) from inside a
+//! network namespace (over a veth pair; loopback if namespaces
 //! are unavailable); a ws-engine client, started by ws-trace as a separate process,
 //! receives them; every probe is attached for the whole session and records to a trace
 //! file; then the report is printed and the trace is exported next to it.
@@ -11,6 +12,7 @@ use std::{
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     sync::{
+        Arc,
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
@@ -18,15 +20,13 @@ use std::{
     time::Duration,
 };
 
-use ws_engine::{
-    server::{Feed, Payload, Sent, serve, serve_tls},
-    testca::TestCa,
-};
+use ws_engine::testca::TestCa;
 
 use crate::{
     attach::{self, AttachError, AttachOptions, Plan, Summary},
     correlate::correlate,
     export::{ExportInput, Format, export},
+    feed::{self, FeedConfig, FeedError, FeedSummary, SizeDist},
     record::Recorder,
     report::{self, Report},
     target::{Target, TargetError},
@@ -47,9 +47,9 @@ pub enum DemoError {
     /// The server could not start.
     #[error("starting the feed server: {0}")]
     Server(std::io::Error),
-    /// The server failed while sending the feed (not after a Ctrl-C).
+    /// The feed failed (its settings, or no client came).
     #[error("the feed server failed: {0}")]
-    Feed(std::io::Error),
+    Feed(#[from] FeedError),
     /// Starting the client failed.
     #[error(transparent)]
     Target(#[from] TargetError),
@@ -93,8 +93,8 @@ pub struct DemoResult {
     pub network: String,
     /// The session's probe summary.
     pub summary: Summary,
-    /// What the server sent (`None` when a Ctrl-C cut the feed short).
-    pub sent: Option<Sent>,
+    /// What the feed sent (`None` when a Ctrl-C cut it short before its summary).
+    pub sent: Option<FeedSummary>,
     /// A Ctrl-C ended the session early; the report covers what was traced until then.
     pub interrupted: bool,
     /// The report of the recorded trace.
@@ -105,21 +105,39 @@ pub struct DemoResult {
     pub files: Vec<(&'static str, PathBuf)>,
 }
 
-/// Starts the feed server; inside `ns` when given. Returns its address and thread.
+/// How long the feed server waits for the demo client to connect. The client connects
+/// once the probes are attached: well under a second here, but 15–20 s in a TCG VM on a
+/// slower kernel's verifier; a client that dies first ends the demo through the session.
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The feed server's thread.
+type FeedThread = thread::JoinHandle<Result<FeedSummary, FeedError>>;
+
+/// Sets the flag when dropped: the feed thread ends whichever way the demo does.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Starts the feed (`ws-trace feed`'s code) for one client; inside `ns` when given.
+/// Returns its address and thread; setting `stop` ends it.
 fn start_server(
     ns: Option<&netns::Netns>,
-    feed: Feed,
-    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
-) -> Result<(SocketAddr, thread::JoinHandle<std::io::Result<Sent>>), DemoError> {
+    cfg: FeedConfig,
+    stop: Arc<AtomicBool>,
+) -> Result<(SocketAddr, FeedThread), DemoError> {
     let (tx, rx) = mpsc::channel();
     let bind: SocketAddr = match ns {
-        Some(_) => SocketAddr::from((netns::PEER_ADDR, 0)),
+        Some(n) => SocketAddr::from((n.peer_addr(), 0)),
         None => SocketAddr::from(([127, 0, 0, 1], 0)),
     };
-    let enter = ns.map(|n| (n.name().to_string(), n.enter_handle()));
-    let handle = thread::spawn(move || -> std::io::Result<Sent> {
+    let enter = ns.map(|n| n.enter_handle());
+    let handle = thread::spawn(move || -> Result<FeedSummary, FeedError> {
         let setup = || -> std::io::Result<TcpListener> {
-            if let Some((_, enter)) = &enter {
+            if let Some(enter) = &enter {
                 enter()?;
             }
             TcpListener::bind(bind)
@@ -128,15 +146,11 @@ fn start_server(
             Ok(l) => l,
             Err(e) => {
                 let _ = tx.send(Err(std::io::Error::new(e.kind(), e.to_string())));
-                return Err(e);
+                return Err(FeedError::Listen(e));
             }
         };
         let _ = tx.send(listener.local_addr());
-        let (stream, _) = listener.accept()?;
-        match tls {
-            Some(config) => serve_tls(stream, config, feed),
-            None => serve(stream, feed),
-        }
+        feed::run(listener, &cfg, &stop, &mut |_| {})
     });
     let addr = rx
         .recv()
@@ -171,25 +185,22 @@ pub fn run(
         Some(n) => format!(
             "veth {} ({}) ↔ namespace {} ({})",
             n.host_interface(),
-            netns::HOST_ADDR,
+            n.host_addr(),
             n.name(),
-            netns::PEER_ADDR
+            n.peer_addr()
         ),
         None => "loopback".to_string(),
     };
-    let rate = opts.rate.max(1);
-    let feed = Feed {
-        count: (opts.duration.as_secs_f64() * f64::from(rate)).ceil() as usize,
-        size: opts.size,
-        gap: Duration::from_secs_f64(1.0 / f64::from(rate)),
-        payload: Payload::MarketData,
-    };
+    let sizes = SizeDist::fixed(opts.size).map_err(|e| FeedError::Config(e.to_string()))?;
+    let mut feed = FeedConfig::new(f64::from(opts.rate.max(1)), sizes);
+    feed.duration = Some(opts.duration);
+    feed.accept_timeout = Some(ACCEPT_TIMEOUT);
     let server_ip = match &ns {
-        Some(_) => netns::PEER_ADDR.to_string(),
+        Some(n) => n.peer_addr().to_string(),
         None => "127.0.0.1".to_string(),
     };
     let mut client_args = vec![client_exe.display().to_string(), "demo-client".to_string()];
-    let tls = if opts.plain {
+    feed.tls = if opts.plain {
         None
     } else {
         let ca = TestCa::new().map_err(|e| DemoError::Tls(e.to_string()))?;
@@ -205,8 +216,9 @@ pub fn run(
                 .map_err(|e| DemoError::Tls(e.to_string()))?,
         )
     };
-    let scheme = if tls.is_some() { "wss" } else { "ws" };
-    let (addr, server) = start_server(ns.as_ref(), feed, tls)?;
+    let scheme = if feed.tls.is_some() { "wss" } else { "ws" };
+    let feed_stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+    let (addr, server) = start_server(ns.as_ref(), feed, feed_stop.0.clone())?;
     let url = format!("{scheme}://{addr}/feed");
     client_args.push(url.clone());
     let mut target = Target::spawn(&client_args)?;
@@ -243,25 +255,23 @@ pub fn run(
             }
         },
     )?;
-    recorder.finish(&summary)?;
+    // After a failed write the recorder takes nothing more, its footer included.
     if let Some(e) = record_error {
         return Err(e.into());
     }
+    recorder.finish(&summary)?;
     // Ctrl-C: the terminal also interrupted the client (same process group) or, when only
-    // ws-trace was signalled, the client is stopped here; the server then fails its next
-    // write, which is expected. What was recorded is reported either way.
+    // ws-trace was signalled, the client is stopped here, and the feed is stopped. What
+    // was recorded is reported either way.
     let interrupted = stop.load(Ordering::Relaxed);
-    if interrupted && let Target::Spawned { child, .. } = &mut target {
-        let _ = child.kill();
+    if interrupted {
+        feed_stop.0.store(true, Ordering::Relaxed);
+        if let Target::Spawned { child, .. } = &mut target {
+            let _ = child.kill();
+        }
     }
-    let sent = server
-        .join()
-        .map_err(|_| DemoError::Feed(std::io::Error::other("server thread panicked")))?;
-    let sent = match sent {
-        Ok(sent) => Some(sent),
-        Err(_) if interrupted => None,
-        Err(e) => return Err(DemoError::Feed(e)),
-    };
+    // A client that failed (it could not connect, say) says why; the server may still be
+    // waiting for it.
     if let Target::Spawned { child, .. } = &mut target
         && let Ok(status) = child.wait()
         && !status.success()
@@ -269,6 +279,14 @@ pub fn run(
     {
         return Err(DemoError::Client(status.to_string()));
     }
+    let sent = server
+        .join()
+        .map_err(|_| DemoError::Server(std::io::Error::other("feed thread panicked")))?;
+    let sent = match sent {
+        Ok(sent) => Some(sent),
+        Err(_) if interrupted => None,
+        Err(e) => return Err(DemoError::Feed(e)),
+    };
     drop(ns);
     let loaded = report::load(&trace)?;
     let correlation = correlate(&loaded.events);
@@ -314,16 +332,24 @@ pub fn run(
     })
 }
 
-/// The `demo-client [--ca FILE] URL` side: a ws-engine client counting messages until the
-/// server closes. Returns the count.
+/// The `demo-client [--ca FILE] URL` side: a ws-engine client counting the feed's
+/// messages until the server closes. Returns the count, or an error when a message is
+/// missing, repeated or not a feed message.
 pub fn client(url: &str, ca_file: Option<&Path>) -> Result<u64, String> {
     use ws_engine::{ConnConfig, ConnCtx, EventLoop, Handler, LoopConfig, Message};
-    struct Count(u64);
+    struct Count {
+        n: u64,
+        wrong: Option<String>,
+    }
     impl Handler for Count {
         fn on_message(&mut self, _conn: &mut ConnCtx<'_>, msg: Message<'_>) {
-            // A market-data consumer would parse here; this one checks it is text.
-            if msg.text().is_some() {
-                self.0 += 1;
+            // A consumer would parse here; this one checks the sequence number.
+            match feed::Stamp::parse(msg.data) {
+                Some(stamp) if stamp.seq == self.n => self.n += 1,
+                other => {
+                    self.wrong
+                        .get_or_insert_with(|| format!("message {} arrived as {other:?}", self.n));
+                }
             }
         }
     }
@@ -335,7 +361,10 @@ pub fn client(url: &str, ca_file: Option<&Path>) -> Result<u64, String> {
     }
     el.connect(url, &cfg)
         .map_err(|e| format!("connecting to {url}: {e}"))?;
-    let mut count = Count(0);
+    let mut count = Count { n: 0, wrong: None };
     el.run(&mut count).map_err(|e| e.to_string())?;
-    Ok(count.0)
+    match count.wrong {
+        Some(wrong) => Err(wrong),
+        None => Ok(count.n),
+    }
 }

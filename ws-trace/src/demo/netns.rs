@@ -7,6 +7,10 @@ use std::{
     process::{Command, Stdio},
 };
 
+use aya::programs::TcAttachType;
+
+use crate::loader::{MIN_RING_BYTES, ProbeError, ProbeObject, Program};
+
 /// Failures creating or entering the namespace.
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
@@ -18,16 +22,21 @@ pub enum NetnsError {
         /// Its stderr or the OS error.
         detail: String,
     },
-    /// The probe object could not be loaded for the wire program.
-    #[error("loading the probe object for the veth wire program: {0}")]
-    Load(#[from] aya::EbpfError),
-    /// The tc program was missing, refused by the verifier, or could not be attached.
-    #[error("tc egress program on {interface}: {detail}")]
+    /// The probe object could not be loaded, or its tc program was refused by the
+    /// verifier or could not be attached.
+    #[error("tc egress program on {interface}: {source}")]
     Wire {
         /// The interface it was meant for.
         interface: String,
         /// What went wrong.
-        detail: String,
+        #[source]
+        source: Box<ProbeError>,
+    },
+    /// The thread attaching the wire program panicked.
+    #[error("tc egress program on {interface}: the attaching thread panicked")]
+    WirePanicked {
+        /// The interface it was meant for.
+        interface: String,
     },
     /// The namespace could not be entered.
     #[error("entering network namespace {name}: {source}")]
@@ -40,21 +49,24 @@ pub enum NetnsError {
     },
 }
 
-/// The host side's address.
-pub const HOST_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 77, 1);
-/// The namespace side's address (the demo server listens there).
-pub const PEER_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 77, 2);
-
 /// A network namespace with a veth pair to the host.
 pub struct Netns {
     name: String,
     host_if: String,
     peer_if: String,
+    host_addr: Ipv4Addr,
+    peer_addr: Ipv4Addr,
 }
+
+/// Namespaces made by this process so far (names and subnets stay distinct).
+static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Prefix of the namespaces this module makes: `wst-<pid>-<n>`.
+const PREFIX: &str = "wst-";
 
 /// Keeps the wire program of [`Netns::wire_like`] attached; dropping it detaches it.
 pub struct Wire {
-    _ebpf: aya::Ebpf,
+    _object: ProbeObject,
 }
 
 fn ip(args: &[&str]) -> Result<(), NetnsError> {
@@ -77,17 +89,26 @@ fn ip(args: &[&str]) -> Result<(), NetnsError> {
 }
 
 impl Netns {
-    /// Creates `wst-<pid>` with veth `wst<pid>h` (host, [`HOST_ADDR`]) and `wst<pid>n`
-    /// (inside, [`PEER_ADDR`]), both up.
+    /// Creates `wst-<pid>-<n>` with veth `wst<pid>-<n>h` (host side) and `wst<pid>-<n>n`
+    /// (inside), both up, on a /30 of 169.254.0.0/16 of their own: processes (a demo next
+    /// to a test run) and namespaces of one process never share addresses. Namespaces left
+    /// by a process that is gone (killed before its drop ran) are removed first.
     pub fn create() -> Result<Netns, NetnsError> {
+        remove_stale();
         let pid = std::process::id();
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // 16128 /30 subnets in 169.254.1.0 – 169.254.252.255.
+        let subnet = (pid.wrapping_mul(16).wrapping_add(n)) % 16128;
+        let base = u32::from(Ipv4Addr::new(169, 254, 1, 0)) + subnet * 4;
         let ns = Netns {
-            name: format!("wst-{pid}"),
-            host_if: format!("wst{pid}h"),
-            peer_if: format!("wst{pid}n"),
+            name: format!("{PREFIX}{pid}-{n}"),
+            host_if: format!("wst{pid}-{n}h"),
+            peer_if: format!("wst{pid}-{n}n"),
+            host_addr: Ipv4Addr::from(base + 1),
+            peer_addr: Ipv4Addr::from(base + 2),
         };
-        let host = format!("{HOST_ADDR}/30");
-        let peer = format!("{PEER_ADDR}/30");
+        let host = format!("{}/30", ns.host_addr);
+        let peer = format!("{}/30", ns.peer_addr);
         ip(&["netns", "add", &ns.name])?;
         // From here on, Drop cleans up whatever was made.
         ip(&[
@@ -119,6 +140,21 @@ impl Netns {
         &self.host_if
     }
 
+    /// The interface inside the namespace.
+    pub fn peer_interface(&self) -> &str {
+        &self.peer_if
+    }
+
+    /// The host side's address.
+    pub fn host_addr(&self) -> Ipv4Addr {
+        self.host_addr
+    }
+
+    /// The namespace side's address (a server inside listens there).
+    pub fn peer_addr(&self) -> Ipv4Addr {
+        self.peer_addr
+    }
+
     /// Makes packets sent from inside the namespace reach the host as if off a wire.
     ///
     /// TCP gives each skb its departure time and a veth pair carries that stamp across,
@@ -134,26 +170,23 @@ impl Netns {
         // thread that has entered it (the link then lives on with the returned fds).
         std::thread::spawn(move || {
             enter().map_err(|source| NetnsError::Enter { name, source })?;
-            let wire_err = |detail: String| NetnsError::Wire {
-                interface: interface.clone(),
-                detail,
+            // The program's event ring is never read: keep it minimal.
+            let attach = || -> Result<ProbeObject, ProbeError> {
+                let mut object = ProbeObject::load(MIN_RING_BYTES)?;
+                object.attach_tc(Program::Wire, &interface, TcAttachType::Egress)?;
+                Ok(object)
             };
-            let mut ebpf = aya::Ebpf::load(crate::probes::PROBES_OBJECT)?;
-            let program: &mut aya::programs::SchedClassifier = ebpf
-                .program_mut("wire_clear_departure")
-                .ok_or_else(|| wire_err("not in the probe object".into()))?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| wire_err(e.to_string()))?;
-            program.load().map_err(|e| wire_err(e.to_string()))?;
-            program
-                .attach(&interface, aya::programs::TcAttachType::Egress)
-                .map_err(|e| wire_err(e.to_string()))?;
-            Ok(Wire { _ebpf: ebpf })
+            match attach() {
+                Ok(object) => Ok(Wire { _object: object }),
+                Err(e) => Err(NetnsError::Wire {
+                    interface,
+                    source: Box::new(e),
+                }),
+            }
         })
         .join()
-        .map_err(|_| NetnsError::Wire {
+        .map_err(|_| NetnsError::WirePanicked {
             interface: self.peer_if.clone(),
-            detail: "the attaching thread panicked".into(),
         })?
     }
 
@@ -166,6 +199,27 @@ impl Netns {
             nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(std::io::Error::from)
         }
+    }
+}
+
+/// Removes namespaces (and their host-side veth) of processes that no longer exist.
+fn remove_stale() {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // `wst-<pid>-<n>`, and `wst-<pid>` as earlier versions named them.
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let pid = rest.split_once('-').map_or(rest, |(pid, _)| pid);
+        if pid.parse::<u32>().is_err() || PathBuf::from("/proc").join(pid).exists() {
+            continue;
+        }
+        // The host end is `wst<pid>[-<n>]h`; deleting the namespace removes its end.
+        let _ = ip(&["link", "del", &format!("wst{}h", &rest)]);
+        let _ = ip(&["netns", "del", &name]);
     }
 }
 

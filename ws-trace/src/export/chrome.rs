@@ -80,7 +80,9 @@ pub fn write(input: &ExportInput<'_>, out: &mut dyn Write) -> Result<(), ExportE
         "source": "ws-trace",
         "clock": "CLOCK_MONOTONIC",
         "messages": c.messages,
-        "joined": c.rows.len(),
+        "joined": c.messages().count(),
+        "reads": c.reads,
+        "reads_joined": c.read_rows().count(),
         "unjoined": c.unjoined.total(),
         "clock_check_ns": c.clock_check_ns,
     });

@@ -593,10 +593,11 @@ mod tests {
         assert!(open.values().all(Vec::is_empty));
         assert_eq!(
             by_cat["kernel"],
-            HashSet::from(["nic→softirq", "softirq→tcp", "tcp→wakeup"].map(String::from))
+            HashSet::from(["nic→softirq", "softirq→tcp", "tcp→waking"].map(String::from))
         );
         assert!(by_cat["engine"].contains("callback→callback_done"));
         assert!(by_cat["engine"].contains("tcp→epoll"));
+        assert!(by_cat["engine"].contains("waking→wakeup"));
     }
 
     #[test]

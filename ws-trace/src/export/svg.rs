@@ -33,7 +33,11 @@ pub fn write(input: &ExportInput<'_>, out: &mut dyn Write) -> Result<(), ExportE
         .collect();
 
     let totals: Vec<u64> = c.rows.iter().filter_map(|r| r.total_ns()).collect();
-    let mut subtitle = format!("{} messages", c.rows.len());
+    let reads = c.read_rows().count();
+    let mut subtitle = match reads {
+        0 => format!("{} messages", c.rows.len()),
+        r => format!("{} messages, {r} reads", c.rows.len() - r),
+    };
     if !totals.is_empty() {
         let mean_ns = totals.iter().sum::<u64>() as f64 / totals.len() as f64;
         subtitle.push_str(&format!(
@@ -101,7 +105,8 @@ mod tests {
         for stage in [
             "nic→softirq",
             "softirq→tcp",
-            "tcp→wakeup",
+            "tcp→waking",
+            "waking→wakeup",
             "recv_start→decrypt",
             "callback→callback_done",
             "conn 1",

@@ -8,7 +8,7 @@
 //! callback partly, so thread 43 needs a second lane).
 use ws_abi::{EventHeader, ProbeKind, SyscallEvent};
 
-use crate::correlate::{Correlation, MessageRow, STAMP_COUNT, Stamp};
+use crate::correlate::{Correlation, MessageRow, RowKind, STAMP_COUNT, Stamp};
 use crate::decode::Event;
 
 use super::timeline::row_stages;
@@ -23,7 +23,7 @@ fn row(
     tid: u32,
     rx_cpu: u16,
     tls: &'static str,
-    stamps: [(Stamp, u64); STAMP_COUNT],
+    stamps: [(Stamp, u64); MESSAGE_STAMPS.len()],
     absent: &[Stamp],
 ) -> MessageRow {
     let mut s = [None; STAMP_COUNT];
@@ -33,6 +33,7 @@ fn row(
         }
     }
     MessageRow {
+        kind: RowKind::Message,
         cookie: 0x1000 + conn_id,
         conn_id,
         msg_seq,
@@ -47,10 +48,27 @@ fn row(
     }
 }
 
-/// The stamps in pipeline order, each `base + offset`.
-fn at(base: u64, offsets: [u64; STAMP_COUNT]) -> [(Stamp, u64); STAMP_COUNT] {
-    let mut out = [(Stamp::Nic, 0); STAMP_COUNT];
-    for (i, s) in Stamp::ALL.into_iter().enumerate() {
+/// The stamps a message row can have, in pipeline order.
+const MESSAGE_STAMPS: [Stamp; 13] = [
+    Stamp::Nic,
+    Stamp::Softirq,
+    Stamp::Tcp,
+    Stamp::Waking,
+    Stamp::Wakeup,
+    Stamp::OnCpu,
+    Stamp::Epoll,
+    Stamp::RecvStart,
+    Stamp::Decrypt,
+    Stamp::RecvEnd,
+    Stamp::Parsed,
+    Stamp::Callback,
+    Stamp::CallbackDone,
+];
+
+/// A message row's stamps in pipeline order, each `base + offset`.
+fn at(base: u64, offsets: [u64; MESSAGE_STAMPS.len()]) -> [(Stamp, u64); MESSAGE_STAMPS.len()] {
+    let mut out = [(Stamp::Nic, 0); MESSAGE_STAMPS.len()];
+    for (i, s) in MESSAGE_STAMPS.into_iter().enumerate() {
         out[i] = (s, base + offsets[i]);
     }
     out
@@ -62,7 +80,7 @@ pub(crate) fn correlation() -> Correlation {
     let t = T0;
     let u = T0 + 100_000;
     let v = u + 20_000;
-    // nic softirq tcp wakeup on-cpu epoll recv_start decrypt recv_end parsed callback done
+    // nic softirq tcp waking wakeup on-cpu epoll recv_start decrypt recv_end parsed callback done
     let rows = vec![
         row(
             1,
@@ -73,7 +91,7 @@ pub(crate) fn correlation() -> Correlation {
             at(
                 t,
                 [
-                    0, 1000, 3000, 5000, 9000, 10000, 11000, 0, 13000, 13500, 14000, 20000,
+                    0, 1000, 3000, 3500, 5000, 9000, 10000, 11000, 0, 13000, 13500, 14000, 20000,
                 ],
             ),
             &[Decrypt],
@@ -86,9 +104,11 @@ pub(crate) fn correlation() -> Correlation {
             "none",
             at(
                 t,
-                [0, 1000, 3000, 0, 0, 0, 11000, 0, 13000, 20500, 21000, 22000],
+                [
+                    0, 1000, 3000, 0, 0, 0, 0, 11000, 0, 13000, 20500, 21000, 22000,
+                ],
             ),
-            &[Wakeup, OnCpu, Epoll, Decrypt],
+            &[Waking, Wakeup, OnCpu, Epoll, Decrypt],
         ),
         row(
             2,
@@ -99,7 +119,7 @@ pub(crate) fn correlation() -> Correlation {
             at(
                 u,
                 [
-                    0, 500, 2500, 4000, 4800, 5000, 5200, 6000, 8000, 8300, 8300, 9000,
+                    0, 500, 2500, 2800, 4000, 4800, 5000, 5200, 6000, 8000, 8300, 8300, 9000,
                 ],
             ),
             &[],
@@ -113,7 +133,7 @@ pub(crate) fn correlation() -> Correlation {
             at(
                 v,
                 [
-                    0, 400, 2000, 3000, 3500, 3700, 3900, 4500, 6000, 6200, 6400, 56400,
+                    0, 400, 2000, 2300, 3000, 3500, 3700, 3900, 4500, 6000, 6200, 6400, 56400,
                 ],
             ),
             &[],
@@ -127,10 +147,10 @@ pub(crate) fn correlation() -> Correlation {
             at(
                 v,
                 [
-                    10000, 10300, 11000, 0, 0, 57000, 57200, 57800, 59000, 59200, 59300, 60000,
+                    10000, 10300, 11000, 0, 0, 0, 57000, 57200, 57800, 59000, 59200, 59300, 60000,
                 ],
             ),
-            &[Wakeup, OnCpu],
+            &[Waking, Wakeup, OnCpu],
         ),
     ];
     Correlation {
@@ -142,6 +162,7 @@ pub(crate) fn correlation() -> Correlation {
         },
         clock_check_ns: Some(120),
         engine_clock_error_ns: Some(20),
+        ..Correlation::default()
     }
 }
 

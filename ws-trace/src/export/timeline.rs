@@ -70,7 +70,7 @@ pub(crate) fn stage_name(from: Stamp, to: Stamp) -> String {
 
 /// Whether the stage ending at `to` runs in the receive path on the RX CPU.
 fn on_rx_cpu(to: Stamp) -> bool {
-    matches!(to, Stamp::Softirq | Stamp::Tcp | Stamp::Wakeup)
+    matches!(to, Stamp::Softirq | Stamp::Tcp | Stamp::Waking)
 }
 
 /// The stages of a row as `(from, to, start, end)`, in pipeline order; `end` never

@@ -28,42 +28,9 @@ pub use symbolize::{SymbolStats, symbolize};
 /// Errors of a profiling session and its outputs.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
-    /// The probe object or the kernel refused something.
-    #[error("loading the profiling programs: {0}")]
-    Load(#[from] aya::EbpfError),
-    /// The kernel's BTF could not be read.
-    #[error("reading the kernel's BTF: {0}")]
-    KernelBtf(#[from] aya::BtfError),
-    /// A struct offset is missing from the kernel's BTF.
-    #[error("finding kernel struct offsets: {0}")]
-    Offsets(#[from] crate::btf::BtfError),
-    /// A program is not in the probe object.
-    #[error("program {0} is not in the probe object")]
-    NoProgram(&'static str),
-    /// A map is not in the probe object.
-    #[error("map {0} is not in the probe object")]
-    NoMap(&'static str),
-    /// A program could not be loaded or attached.
-    #[error("{what}: {source}")]
-    Program {
-        /// What was being done.
-        what: String,
-        /// The kernel's answer.
-        #[source]
-        source: aya::programs::ProgramError,
-    },
-    /// A map could not be read or written.
-    #[error("map {map}: {source}")]
-    Map {
-        /// The map.
-        map: &'static str,
-        /// The error.
-        #[source]
-        source: aya::maps::MapError,
-    },
-    /// The online CPUs could not be listed.
-    #[error("listing online CPUs ({0}): {1}")]
-    Cpus(&'static str, std::io::Error),
+    /// Loading the probe object, or attaching or reading its profiling programs.
+    #[error(transparent)]
+    Probe(#[from] crate::loader::ProbeError),
     /// The target could not be found or started.
     #[error(transparent)]
     Target(#[from] crate::target::TargetError),

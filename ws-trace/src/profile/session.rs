@@ -6,26 +6,22 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuHashMap, StackTraceMap},
-    programs::{
-        BtfTracePoint, PerfEvent,
-        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-    },
-};
+use aya::maps::{MapData, PerCpuHashMap, StackTraceMap};
 use ws_abi::{
     CONFIG_FILTER_TGID, CONFIG_FOLLOW_FORKS, CONFIG_OFFSETS_VALID, PROFILE_FILTER_TGID,
     PROFILE_OFF_CPU, PROFILE_ON_CPU, ProbeConfig, ProbeKind, ProfileConfig, StackKey,
 };
 
 use super::{ProfileError, series};
-use crate::{btf::Btf, probes::PROBES_OBJECT, target::Target};
+use crate::{
+    loader::{MIN_RING_BYTES, Map, ProbeError, ProbeObject, Program},
+    target::Target,
+};
 
 /// The perf-event program.
-pub const SAMPLE_PROGRAM: &str = "profile_cpu_sample";
+pub const SAMPLE_PROGRAM: &str = Program::ProfileSample.name();
 /// The off-CPU (`sched_switch`) program.
-pub const SWITCH_PROGRAM: &str = "profile_sched_switch";
+pub const SWITCH_PROGRAM: &str = Program::ProfileSwitch.name();
 
 /// What a session does.
 #[derive(Clone, Debug)]
@@ -135,25 +131,16 @@ fn snapshot(processes: &mut BTreeMap<u32, ProcessInfo>, tgid: u32) {
     }
 }
 
-fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> ProfileError {
-    move |source| ProfileError::Map { map, source }
-}
-
 /// The loaded object with the profiling programs attached.
 struct Loaded {
-    ebpf: Ebpf,
+    object: ProbeObject,
 }
 
 impl Loaded {
-    fn load(opts: &ProfileOptions, filter: bool) -> Result<Loaded, ProfileError> {
-        let btf = Btf::from_sys_fs()?;
-        let kernel_btf = btf.to_aya()?;
-        let offsets = crate::probes::kernel_offsets(&btf)?;
+    fn load(opts: &ProfileOptions, filter: bool) -> Result<Loaded, ProbeError> {
         // The event ring of the tracing probes is not used here: keep it minimal.
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&kernel_btf))
-            .map_max_entries("EVENTS", 4096)
-            .load(PROBES_OBJECT)?;
+        let mut object = ProbeObject::load(MIN_RING_BYTES)?;
+        let offsets = object.offsets()?;
         let mut flags = PROFILE_ON_CPU;
         if opts.off_cpu {
             flags |= PROFILE_OFF_CPU;
@@ -161,145 +148,61 @@ impl Loaded {
         if filter {
             flags |= PROFILE_FILTER_TGID;
         }
-        let config = ProfileConfig {
+        object.write_profile_config(ProfileConfig {
             flags,
             task_pid: offsets.task_pid,
             task_tgid: offsets.task_tgid,
             _pad: 0,
-        };
-        {
-            let map = ebpf
-                .map_mut("PROFILE_CONFIG")
-                .ok_or(ProfileError::NoMap("PROFILE_CONFIG"))?;
-            let mut array: Array<_, ProfileConfig> =
-                Array::try_from(map).map_err(map_err("PROFILE_CONFIG"))?;
-            array.set(0, config, 0).map_err(map_err("PROFILE_CONFIG"))?;
-        }
+        })?;
         if filter {
             // Children the target forks join the filter: the probes' own fork program adds
             // them to TGIDS (it needs the probes' CONFIG with the task offsets).
-            let probe_config = ProbeConfig {
+            object.write_config(ProbeConfig {
                 flags: CONFIG_OFFSETS_VALID | CONFIG_FILTER_TGID | CONFIG_FOLLOW_FORKS,
                 _pad: 0,
                 offsets,
-            };
-            let map = ebpf
-                .map_mut("CONFIG")
-                .ok_or(ProfileError::NoMap("CONFIG"))?;
-            let mut array: Array<_, ProbeConfig> =
-                Array::try_from(map).map_err(map_err("CONFIG"))?;
-            array.set(0, probe_config, 0).map_err(map_err("CONFIG"))?;
-            let name = ProbeKind::ProcessFork.program();
-            let prog: &mut BtfTracePoint = ebpf
-                .program_mut(name)
-                .ok_or(ProfileError::NoProgram(name))?
-                .try_into()
-                .map_err(|source| ProfileError::Program {
-                    what: name.into(),
-                    source,
-                })?;
-            let err = |source| ProfileError::Program {
-                what: "sched_process_fork (tp_btf)".into(),
-                source,
-            };
-            prog.load("sched_process_fork", &kernel_btf).map_err(err)?;
-            prog.attach().map_err(err)?;
+            })?;
+            object.attach_tp_btf(Program::Probe(ProbeKind::ProcessFork), "sched_process_fork")?;
         }
         if opts.off_cpu {
-            let prog: &mut BtfTracePoint = ebpf
-                .program_mut(SWITCH_PROGRAM)
-                .ok_or(ProfileError::NoProgram(SWITCH_PROGRAM))?
-                .try_into()
-                .map_err(|source| ProfileError::Program {
-                    what: SWITCH_PROGRAM.into(),
-                    source,
-                })?;
-            let err = |source| ProfileError::Program {
-                what: "sched_switch (tp_btf)".into(),
-                source,
-            };
-            prog.load("sched_switch", &kernel_btf).map_err(err)?;
-            prog.attach().map_err(err)?;
+            object.attach_tp_btf(Program::ProfileSwitch, "sched_switch")?;
         }
-        Ok(Loaded { ebpf })
+        Ok(Loaded { object })
     }
 
-    fn add_tgid(&mut self, tgid: u32) -> Result<(), ProfileError> {
-        let map = self
-            .ebpf
-            .map_mut("TGIDS")
-            .ok_or(ProfileError::NoMap("TGIDS"))?;
-        let mut tgids: HashMap<_, u32, u8> = HashMap::try_from(map).map_err(map_err("TGIDS"))?;
-        tgids.insert(tgid, 1, 0).map_err(map_err("TGIDS"))
+    fn add_tgid(&mut self, tgid: u32) -> Result<(), ProbeError> {
+        self.object.add_tgid(tgid)
     }
 
-    fn tgids(&self) -> Result<BTreeSet<u32>, ProfileError> {
-        let map = self.ebpf.map("TGIDS").ok_or(ProfileError::NoMap("TGIDS"))?;
-        let tgids: HashMap<_, u32, u8> = HashMap::try_from(map).map_err(map_err("TGIDS"))?;
-        Ok(tgids.keys().filter_map(Result::ok).collect())
+    fn tgids(&self) -> Result<BTreeSet<u32>, ProbeError> {
+        self.object.tgids()
     }
 
     /// Processes with counts so far (to read the maps of, without a filter).
     fn seen_tgids(&self) -> BTreeSet<u32> {
         let mut out = BTreeSet::new();
-        for name in ["PROFILE_COUNTS", "PROFILE_OFFCPU"] {
-            let Some(map) = self.ebpf.map(name) else {
-                continue;
-            };
-            if let Ok(counts) = PerCpuHashMap::<&MapData, StackKey, u64>::try_from(map) {
+        for map in [Map::ProfileCounts, Map::ProfileOffCpu] {
+            if let Ok(counts) = self
+                .object
+                .typed_map::<PerCpuHashMap<&MapData, StackKey, u64>>(map)
+            {
                 out.extend(counts.keys().flatten().map(|k| k.tgid));
             }
         }
         out
     }
 
-    fn attach_sampler(&mut self, freq: u64) -> Result<(), ProfileError> {
-        let prog: &mut PerfEvent = self
-            .ebpf
-            .program_mut(SAMPLE_PROGRAM)
-            .ok_or(ProfileError::NoProgram(SAMPLE_PROGRAM))?
-            .try_into()
-            .map_err(|source| ProfileError::Program {
-                what: SAMPLE_PROGRAM.into(),
-                source,
-            })?;
-        prog.load().map_err(|source| ProfileError::Program {
-            what: "perf_event program".into(),
-            source,
-        })?;
-        let cpus = aya::util::online_cpus().map_err(|(what, e)| ProfileError::Cpus(what, e))?;
-        for cpu in cpus {
-            prog.attach(
-                PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                PerfEventScope::AllProcessesOneCpu { cpu },
-                SamplePolicy::Frequency(freq),
-                false,
-            )
-            .map_err(|source| ProfileError::Program {
-                what: format!("cpu-clock perf event on CPU {cpu}"),
-                source,
-            })?;
-        }
-        Ok(())
+    fn attach_sampler(&mut self, freq: u64) -> Result<(), ProbeError> {
+        self.object.attach_cpu_clock(Program::ProfileSample, freq)
     }
 
     /// Turns the programs off (flags 0) so the read-out sees a still picture.
-    fn quiesce(&mut self) -> Result<(), ProfileError> {
-        let map = self
-            .ebpf
-            .map_mut("PROFILE_CONFIG")
-            .ok_or(ProfileError::NoMap("PROFILE_CONFIG"))?;
-        let mut array: Array<_, ProfileConfig> =
-            Array::try_from(map).map_err(map_err("PROFILE_CONFIG"))?;
-        array
-            .set(0, ProfileConfig::default(), 0)
-            .map_err(map_err("PROFILE_CONFIG"))
+    fn quiesce(&mut self) -> Result<(), ProbeError> {
+        self.object.write_profile_config(ProfileConfig::default())
     }
 
-    fn read_counts(&self, name: &'static str) -> Result<Vec<(StackKey, u64)>, ProfileError> {
-        let map = self.ebpf.map(name).ok_or(ProfileError::NoMap(name))?;
-        let counts: PerCpuHashMap<&MapData, StackKey, u64> =
-            PerCpuHashMap::try_from(map).map_err(map_err(name))?;
+    fn read_counts(&self, map: Map) -> Result<Vec<(StackKey, u64)>, ProbeError> {
+        let counts: PerCpuHashMap<&MapData, StackKey, u64> = self.object.typed_map(map)?;
         let mut out = Vec::new();
         // An entry deleted while iterating is skipped, not fatal.
         out.extend(
@@ -315,13 +218,8 @@ impl Loaded {
     fn read_stacks(
         &self,
         ids: impl IntoIterator<Item = i32>,
-    ) -> Result<BTreeMap<u32, Vec<u64>>, ProfileError> {
-        let map = self
-            .ebpf
-            .map("PROFILE_STACKS")
-            .ok_or(ProfileError::NoMap("PROFILE_STACKS"))?;
-        let stacks: StackTraceMap<&MapData> =
-            StackTraceMap::try_from(map).map_err(map_err("PROFILE_STACKS"))?;
+    ) -> Result<BTreeMap<u32, Vec<u64>>, ProbeError> {
+        let stacks: StackTraceMap<&MapData> = self.object.typed_map(Map::ProfileStacks)?;
         let mut out = BTreeMap::new();
         for id in ids {
             let Ok(id) = u32::try_from(id) else { continue };
@@ -428,9 +326,9 @@ pub fn run(
         }
         let _ = child.wait();
     }
-    let counts = loaded.read_counts("PROFILE_COUNTS")?;
+    let counts = loaded.read_counts(Map::ProfileCounts)?;
     let off_cpu = if opts.off_cpu {
-        loaded.read_counts("PROFILE_OFFCPU")?
+        loaded.read_counts(Map::ProfileOffCpu)?
     } else {
         Vec::new()
     };
