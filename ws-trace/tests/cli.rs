@@ -288,7 +288,7 @@ fn a_killed_tracer_leaves_the_engine_untraced() {
     );
     let chan = |el: &EventLoop| {
         let c = el.stamp_channel().expect("the loop has a stamp channel");
-        (c.leased(), c.published(), c.lapses())
+        (c.claimed(), c.published(), c.lapses())
     };
     // The engine is driven here, between the checks.
     let mut poll_until =
@@ -305,14 +305,19 @@ fn a_killed_tracer_leaves_the_engine_untraced() {
             }
         };
     poll_until(&mut el, "the tracer holds the ring", 30, &|el| {
-        let (leased, published, _) = chan(el);
-        leased && published >= 200
+        let (claimed, published, _) = chan(el);
+        claimed && published >= 200
     });
     let pid = nix::unistd::Pid::from_raw(tracer.child().id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("SIGKILL ws-trace");
     let _ = tracer.child().wait();
     let killed = Instant::now();
-    poll_until(&mut el, "the lease lapses", 10, &|el| !chan(el).0);
+    // Until the engine itself cleared the lease (at its first message after the lease ran
+    // out), not merely until the lease's time passed: between the two no message may have
+    // come, and the lapse would not be counted yet.
+    poll_until(&mut el, "the engine clears the lease", 10, &|el| {
+        !chan(el).0
+    });
     let lapsed_after = killed.elapsed();
     let (_, published, lapses) = chan(&el);
     assert!(
