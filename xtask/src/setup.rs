@@ -114,13 +114,18 @@ fn debian_packages(root: bool) -> anyhow::Result<()> {
             missing.join(" ")
         );
     }
-    util::run(Command::new("apt-get").args(["update", "-q"]))?;
-    util::run(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
+    util::run_fetching(|| {
+        let mut c = Command::new("apt-get");
+        c.args(["update", "-q"]);
+        c
+    })?;
+    util::run_fetching(|| {
+        let mut c = Command::new("apt-get");
+        c.args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    })?;
     step.done(&format!("installed {}", missing.join(" ")));
     Ok(())
 }
@@ -143,13 +148,11 @@ fn nightly_rust_src() -> anyhow::Result<()> {
         step.done("nightly with rust-src present");
         return Ok(());
     }
-    util::run(Command::new("rustup").args([
-        "component",
-        "add",
-        "rust-src",
-        "--toolchain",
-        "nightly",
-    ]))?;
+    util::run_fetching(|| {
+        let mut c = Command::new("rustup");
+        c.args(["component", "add", "rust-src", "--toolchain", "nightly"]);
+        c
+    })?;
     step.done("added rust-src to nightly");
     Ok(())
 }
@@ -166,21 +169,22 @@ fn bpf_linker() -> anyhow::Result<()> {
     // Debian's /usr/bin/llvm-config is LLVM 14: put LLVM 22's first so the build links
     // against it (else: "unable to find library -lLLVM").
     let path = std::env::var("PATH").unwrap_or_default();
-    util::run(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args([
-                "install",
-                "bpf-linker",
-                "--locked",
-                "--version",
-                BPF_LINKER_VERSION,
-                "--no-default-features",
-                "--features",
-                "llvm-22",
-            ])
-            .env("PATH", format!("/usr/lib/llvm-22/bin:{path}"))
-            .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
-    )?;
+    util::run_fetching(|| {
+        let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        c.args([
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
+        .env("PATH", format!("/usr/lib/llvm-22/bin:{path}"))
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22");
+        c
+    })?;
     if !quiet(Command::new("bpf-linker").arg("--version")) {
         bail!("bpf-linker was installed but is not on PATH: add ~/.cargo/bin to PATH");
     }
@@ -199,11 +203,12 @@ fn python_peers() -> anyhow::Result<()> {
         step.done("kosoku and websockets present");
         return Ok(());
     }
-    util::run(
-        Command::new("python3")
-            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
-            .args(PYTHON_PACKAGES.iter().map(|(pkg, _)| *pkg)),
-    )?;
+    util::run_fetching(|| {
+        let mut c = Command::new("python3");
+        c.args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+            .args(PYTHON_PACKAGES.iter().map(|(pkg, _)| *pkg));
+        c
+    })?;
     step.done("installed kosoku and websockets");
     Ok(())
 }

@@ -35,6 +35,27 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs a command that needs the package registries (apt, crates.io, PyPI) up to three
+/// times, 10 s apart: a mirror mid-sync or a dropped connection fails one try, not the run.
+/// `make` builds the command afresh for each try.
+pub fn run_fetching(mut make: impl FnMut() -> Command) -> anyhow::Result<()> {
+    const TRIES: u32 = 3;
+    let mut last = None;
+    for attempt in 1..=TRIES {
+        match run(&mut make()) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                println!("  try {attempt} of {TRIES} failed: {e:#}");
+                last = Some(e);
+                if attempt < TRIES {
+                    std::thread::sleep(std::time::Duration::from_secs(10));
+                }
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no try was made")))
+}
+
 /// Runs the workspace's cargo with `args` at the workspace root.
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
     run(&mut cargo_command(args))

@@ -222,7 +222,11 @@ fn package_for(version: &str) -> anyhow::Result<String> {
     };
     let mut found = search()?;
     if found.is_empty() {
-        util::run(Command::new("apt-get").args(["update", "-q"]))?;
+        util::run_fetching(|| {
+            let mut c = Command::new("apt-get");
+            c.args(["update", "-q"]);
+            c
+        })?;
         found = search()?;
     }
     found.sort_by_key(|name| version_key(name));
@@ -261,11 +265,12 @@ fn kernel(vm_dir: &Path, version: &str) -> anyhow::Result<Kernel> {
     let download = vm_dir.join("download");
     std::fs::create_dir_all(&download)
         .with_context(|| format!("creating {}", download.display()))?;
-    util::run(
-        Command::new("apt-get")
-            .args(["download", "-q", "-o", "APT::Sandbox::User=root", &package])
-            .current_dir(&download),
-    )?;
+    util::run_fetching(|| {
+        let mut c = Command::new("apt-get");
+        c.args(["download", "-q", "-o", "APT::Sandbox::User=root", &package])
+            .current_dir(&download);
+        c
+    })?;
     let deb = std::fs::read_dir(&download)?
         .filter_map(Result::ok)
         .map(|e| e.path())
