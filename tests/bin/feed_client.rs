@@ -5,7 +5,8 @@
 //! (SCHED_FIFO) task of priority P; `--report FILE` writes the callbacks' own timing there
 //! (`callback_p50_ns N`: the median of each `on_message`'s duration, read with
 //! `Instant` at its entry and exit), the ground truth a traced callback stage is checked
-//! against.
+//! against, and `reads N`: how many of its socket reads completed at least one message
+//! (messages are told apart by the stream offset their read ended at).
 use std::process::ExitCode;
 
 use ws_engine::{
@@ -20,6 +21,9 @@ struct Count {
     spin: std::time::Duration,
     /// Each callback's duration by its own clock, when `--report` asks for it.
     durations: Option<Vec<u64>>,
+    /// Reads that completed a message, and the stream offset the last one ended at.
+    reads: u64,
+    last_read_end: Option<u64>,
 }
 
 /// Called once per message with its index: a plain symbol for `--uprobe` tests.
@@ -41,6 +45,10 @@ impl Handler for Count {
         }
         self.received += 1;
         self.bytes += msg.data.len() as u64;
+        if self.last_read_end != Some(msg.read_end()) {
+            self.last_read_end = Some(msg.read_end());
+            self.reads += 1;
+        }
     }
     fn on_error(&mut self, _id: ConnId, err: &ConnError) {
         self.failed = Some(err.to_string());
@@ -115,7 +123,8 @@ fn main() -> ExitCode {
     if let (Some(path), Some(mut d)) = (report, count.durations.take()) {
         d.sort_unstable();
         let p50 = d.get(d.len() / 2).copied().unwrap_or(0);
-        if let Err(e) = std::fs::write(&path, format!("callback_p50_ns {p50}\n")) {
+        let text = format!("callback_p50_ns {p50}\nreads {}\n", count.reads);
+        if let Err(e) = std::fs::write(&path, text) {
             eprintln!("feed_client: writing {path}: {e}");
             return ExitCode::FAILURE;
         }

@@ -162,16 +162,36 @@ impl ClientReport {
         ["--report".into(), self.path.display().to_string()]
     }
 
+    /// What the client measured itself, once it has exited.
+    pub fn figures(&self) -> ClientFigures {
+        let text = std::fs::read_to_string(&self.path)
+            .unwrap_or_else(|e| panic!("feed_client report {}: {e}", self.path.display()));
+        let value = |key: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in the report: {text:?}"))
+        };
+        ClientFigures {
+            callback_p50_ns: value("callback_p50_ns"),
+            reads: value("reads"),
+        }
+    }
+
     /// The median of the client's callbacks' durations by its own clock, ns, once it has
     /// exited.
     pub fn callback_p50_ns(&self) -> u64 {
-        let text = std::fs::read_to_string(&self.path)
-            .unwrap_or_else(|e| panic!("feed_client report {}: {e}", self.path.display()));
-        text.lines()
-            .find_map(|l| l.strip_prefix("callback_p50_ns "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no callback_p50_ns in the report: {text:?}"))
+        self.figures().callback_p50_ns
     }
+}
+
+/// What `feed_client --report` measured itself.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientFigures {
+    /// The median of its callbacks' durations by its own clock, ns.
+    pub callback_p50_ns: u64,
+    /// Its socket reads that completed at least one message.
+    pub reads: u64,
 }
 
 impl Default for ClientReport {

@@ -157,6 +157,13 @@ impl Message<'_> {
         p
     }
 
+    /// Where in the connection's byte stream the read that completed this message ended
+    /// (the probe's `read_end`, without converting its stamps): messages of one read
+    /// share it.
+    pub fn read_end(&self) -> u64 {
+        self.probe.read_end
+    }
+
     /// The stage stamps of this message in CLOCK_MONOTONIC ns (see [`Message::probe`]).
     pub fn stamps(&self) -> MsgStamps {
         let s = self.probe.stamps;

@@ -355,10 +355,10 @@ fn a_second_tracer_on_the_same_engine_is_refused() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let chan = ws_engine::channel::StampChannel::create(64).expect("channel");
     let path = std::path::PathBuf::from(format!("/proc/self/fd/{}", chan.fd().as_raw_fd()));
-    let _first = ws_trace::channel::ChannelReader::open(&path, chan.name())
+    let mut first = ws_trace::channel::ChannelReader::open(&path, chan.name())
         .expect("first tracer")
         .expect("ready");
-    let out = Command::new(BIN)
+    let mut second = Command::new(BIN)
         .args([
             "attach",
             "--pid",
@@ -366,8 +366,20 @@ fn a_second_tracer_on_the_same_engine_is_refused() {
             "--duration",
             "5",
         ])
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run ws-trace attach");
+    // The first tracer stays live as a real one does: it drains, and so renews its lease
+    // (a lease left to run out is a dead tracer's, which a second one may take: under
+    // load, loading the probes took the second one longer than the lease).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while second.try_wait().expect("wait for ws-trace").is_none() {
+        assert!(Instant::now() < deadline, "ws-trace attach did not end");
+        first.drain(|_| {});
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = second.wait_with_output().expect("ws-trace attach output");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already traced by pid"), "{err}");

@@ -53,6 +53,20 @@ fn profile_helper_process() {
     let deadline = Instant::now() + Duration::from_secs(20);
     match std::env::var("WS_PROFILE_HELPER").as_deref() {
         Ok("burn") => {
+            // Its own CPU time, every 50 ms, for the test to expect samples from (the
+            // profiler ends this process with a signal: no exit to report at).
+            if let Ok(path) = std::env::var("WS_PROFILE_CPU_FILE") {
+                std::thread::spawn(move || {
+                    loop {
+                        let cpu =
+                            nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
+                                .map(|t| Duration::from(t).as_nanos())
+                                .unwrap_or(0);
+                        let _ = std::fs::write(&path, cpu.to_string());
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                });
+            }
             std::hint::black_box(profile_test_burn_cpu(deadline));
         }
         Ok("sleep") => profile_test_sleep_here(deadline),
@@ -62,6 +76,11 @@ fn profile_helper_process() {
 
 /// Runs `ws-trace profile ARGS -- EXE <helper>` with the helper doing `what`.
 fn profile_helper(exe: &Path, what: &str, args: &[&str]) -> Output {
+    profile_helper_with(exe, what, args, &[])
+}
+
+/// As [`profile_helper`], with more environment for the helper.
+fn profile_helper_with(exe: &Path, what: &str, args: &[&str], env: &[(&str, &Path)]) -> Output {
     let out = Command::new(BIN)
         .arg("profile")
         .args(args)
@@ -74,6 +93,7 @@ fn profile_helper(exe: &Path, what: &str, args: &[&str]) -> Output {
             "--test-threads=1",
         ])
         .env("WS_PROFILE_HELPER", what)
+        .envs(env.iter().copied())
         .output()
         .expect("running ws-trace profile");
     assert!(
@@ -103,11 +123,17 @@ fn cpu_burner_shows_its_function_in_most_samples() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("burn.folded");
-    let run = profile_helper(
+    let cpu_file = dir.path().join("burn.cpu");
+    let run = profile_helper_with(
         &this_exe(),
         "burn",
         &["--duration", "3", "-o", out.to_str().expect("utf-8 path")],
+        &[("WS_PROFILE_CPU_FILE", &cpu_file)],
     );
+    let cpu_ns: u64 = std::fs::read_to_string(&cpu_file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .expect("the helper's CPU time");
     let lines = folded(&out);
     let total: u64 = lines.iter().map(|(_, v)| v).sum();
     let burn: u64 = lines
@@ -116,8 +142,19 @@ fn cpu_burner_shows_its_function_in_most_samples() {
         .map(|(_, v)| v)
         .sum();
     eprintln!("{}", String::from_utf8_lossy(&run.stdout));
-    // 3 s at 99 Hz of one busy thread is ~300 samples.
-    assert!(total >= 100, "only {total} samples");
+    // 99 Hz of the CPU time the helper had (all of a CPU on a quiet machine: ~300
+    // samples in 3 s; under load it gets less, and is sampled less), less 50 ms for its
+    // last report and its start-up.
+    let expected = cpu_ns.saturating_sub(50_000_000) * 99 / 1_000_000_000;
+    eprintln!(
+        "helper CPU {:.2} s: ~{expected} samples expected",
+        cpu_ns as f64 / 1e9
+    );
+    assert!(
+        expected >= 20 && total * 10 >= expected * 8,
+        "only {total} samples for {:.2} s of CPU at 99 Hz",
+        cpu_ns as f64 / 1e9
+    );
     assert!(
         burn * 100 >= total * 80,
         "profile_test_burn_cpu in {burn} of {total} samples (< 80%)"

@@ -322,7 +322,12 @@ fn run_view(tmux: &Tmux, client_pid: u32, end: End, full: bool) {
     tmux.wait_for("the shell to run a command", 10, |s| {
         s.contains("cooked-42")
     });
+    // Cleared before the next run: else that run's wait for a full interval can find this
+    // run's last table still on the main screen (tmux sends keys without waiting).
     tmux.tmux(&["send-keys", "-t", "top", "clear", "Enter"]);
+    tmux.wait_for("the screen cleared", 10, |s| {
+        !s.contains(TOTAL_PREFIX) && !s.contains("stage (last interval)")
+    });
     assert_unloaded(&probes, &format!("{end:?}"));
 }
 
