@@ -105,6 +105,44 @@ fn profile_helper_with(exe: &Path, what: &str, args: &[&str], env: &[(&str, &Pat
     out
 }
 
+/// Profiles the CPU burner for `secs` into `out`; returns the run and the CPU time the
+/// burner had, ns (by its own account: it writes it every 50 ms).
+fn profile_burner(dir: &Path, secs: u32, out: &Path) -> (Output, u64) {
+    let cpu_file = dir.join("burn.cpu");
+    let run = profile_helper_with(
+        &this_exe(),
+        "burn",
+        &[
+            "--duration",
+            &secs.to_string(),
+            "-o",
+            out.to_str().expect("utf-8 path"),
+        ],
+        &[("WS_PROFILE_CPU_FILE", &cpu_file)],
+    );
+    let cpu_ns = std::fs::read_to_string(&cpu_file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .expect("the helper's CPU time");
+    (run, cpu_ns)
+}
+
+/// `samples` must be at least 80 % of 99 Hz of the CPU time the burner had (all of a CPU
+/// on a quiet machine, ~300 samples in 3 s; under load it gets less and is sampled less),
+/// less 50 ms for its last report and its start-up.
+fn assert_sampled_its_cpu(samples: u64, cpu_ns: u64) {
+    let expected = cpu_ns.saturating_sub(50_000_000) * 99 / 1_000_000_000;
+    eprintln!(
+        "helper CPU {:.2} s: ~{expected} samples expected",
+        cpu_ns as f64 / 1e9
+    );
+    assert!(
+        expected >= 20 && samples * 10 >= expected * 8,
+        "only {samples} samples for {:.2} s of CPU at 99 Hz",
+        cpu_ns as f64 / 1e9
+    );
+}
+
 fn this_exe() -> PathBuf {
     std::env::current_exe().expect("current_exe")
 }
@@ -123,17 +161,7 @@ fn cpu_burner_shows_its_function_in_most_samples() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("burn.folded");
-    let cpu_file = dir.path().join("burn.cpu");
-    let run = profile_helper_with(
-        &this_exe(),
-        "burn",
-        &["--duration", "3", "-o", out.to_str().expect("utf-8 path")],
-        &[("WS_PROFILE_CPU_FILE", &cpu_file)],
-    );
-    let cpu_ns: u64 = std::fs::read_to_string(&cpu_file)
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .expect("the helper's CPU time");
+    let (run, cpu_ns) = profile_burner(dir.path(), 3, &out);
     let lines = folded(&out);
     let total: u64 = lines.iter().map(|(_, v)| v).sum();
     let burn: u64 = lines
@@ -142,19 +170,7 @@ fn cpu_burner_shows_its_function_in_most_samples() {
         .map(|(_, v)| v)
         .sum();
     eprintln!("{}", String::from_utf8_lossy(&run.stdout));
-    // 99 Hz of the CPU time the helper had (all of a CPU on a quiet machine: ~300
-    // samples in 3 s; under load it gets less, and is sampled less), less 50 ms for its
-    // last report and its start-up.
-    let expected = cpu_ns.saturating_sub(50_000_000) * 99 / 1_000_000_000;
-    eprintln!(
-        "helper CPU {:.2} s: ~{expected} samples expected",
-        cpu_ns as f64 / 1e9
-    );
-    assert!(
-        expected >= 20 && total * 10 >= expected * 8,
-        "only {total} samples for {:.2} s of CPU at 99 Hz",
-        cpu_ns as f64 / 1e9
-    );
+    assert_sampled_its_cpu(total, cpu_ns);
     assert!(
         burn * 100 >= total * 80,
         "profile_test_burn_cpu in {burn} of {total} samples (< 80%)"
@@ -177,11 +193,7 @@ fn pprof_output_parses_back() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("burn.pb.gz");
-    profile_helper(
-        &this_exe(),
-        "burn",
-        &["--duration", "2", "-o", out.to_str().expect("utf-8 path")],
-    );
+    let (_, cpu_ns) = profile_burner(dir.path(), 2, &out);
     let bytes = std::fs::read(&out).expect("reading the pprof output");
     assert_eq!(&bytes[..2], &[0x1f, 0x8b], "not gzip");
     let p = profile::pprof::read(&bytes).expect("decoding the pprof output");
@@ -191,7 +203,7 @@ fn pprof_output_parses_back() {
     assert_eq!(s(p.sample_type[1].unit), "nanoseconds");
     assert_eq!(p.period, 1_000_000_000 / 99);
     let samples: i64 = p.sample.iter().map(|x| x.value[0]).sum();
-    assert!(samples >= 50, "{samples} samples");
+    assert_sampled_its_cpu(samples as u64, cpu_ns);
     // Every id resolves, and the burner is in most samples.
     let mut burn = 0;
     for sample in &p.sample {
