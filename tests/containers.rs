@@ -16,9 +16,10 @@ const CLIENT: &str = env!("CARGO_BIN_EXE_feed_client");
 /// The two tests share the machine's scheduling: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Messages the feed sends: 2 s of them, so the tests find the client and attach (which
-/// takes up to a second on a busy machine) mid-stream.
-const MESSAGES: usize = 1000;
+/// Messages the feed sends: 5 s of them, so the tests find the client and attach
+/// mid-stream. Attaching takes about a second on a busy machine; with two busy loops on
+/// this 2-vCPU machine it once took over 1.8 s, and a 2 s feed left 76 messages.
+const MESSAGES: usize = 2500;
 
 fn feed() -> FeedServer {
     FeedServer::start(Feed {
