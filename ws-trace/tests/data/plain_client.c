@@ -1,8 +1,9 @@
 #define _GNU_SOURCE
 /* A WebSocket client that knows nothing of ws-engine: blocking read(2), frames parsed by
  * hand, and on_message() for every message, which spins for SPIN_US microseconds.
- * Usage: plain_client HOST PORT SPIN_US. Prints "received N" and exits 0 after the
- * server's close frame. */
+ * Usage: plain_client HOST PORT SPIN_US. Prints "received N on_message_p50_ns D" (D: the
+ * median of on_message's own durations, from its first clock read to its last) and exits
+ * 0 after the server's close frame. */
 #include <arpa/inet.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -13,6 +14,8 @@
 
 static long spin_us;
 static unsigned long received;
+#define MAX_TIMED 65536
+static uint64_t durations[MAX_TIMED];
 
 static uint64_t now_ns(void) {
     struct timespec ts;
@@ -21,11 +24,25 @@ static uint64_t now_ns(void) {
 }
 
 __attribute__((noinline)) void on_message(const unsigned char *data, size_t len) {
-    uint64_t end = now_ns() + (uint64_t)spin_us * 1000u;
-    while (now_ns() < end) {
-    }
+    uint64_t start = now_ns(), end = start + (uint64_t)spin_us * 1000u, t;
+    do {
+        t = now_ns();
+    } while (t < end);
+    if (received < MAX_TIMED) durations[received] = t - start;
     received++;
     __asm__ volatile("" : : "r"(data), "r"(len) : "memory");
+}
+
+static int by_value(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static unsigned long long median_duration(void) {
+    size_t n = received < MAX_TIMED ? received : MAX_TIMED;
+    if (n == 0) return 0;
+    qsort(durations, n, sizeof durations[0], by_value);
+    return (unsigned long long)durations[n / 2];
 }
 
 int main(int argc, char **argv) {
@@ -86,7 +103,7 @@ int main(int argc, char **argv) {
             }
             if (have - pos < hdr + len) break;
             if (op == 8) {
-                printf("received %lu\n", received);
+                printf("received %lu on_message_p50_ns %llu\n", received, median_duration());
                 return 0;
             }
             on_message(buf + pos + hdr, len);
