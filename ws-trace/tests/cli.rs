@@ -11,7 +11,9 @@ use ws_abi::ProbeKind;
 use ws_trace::privileges::require_for_test;
 
 mod support;
-use support::{assert_unloaded, our_program_ids, programs_held_by};
+use support::{
+    assert_unloaded, our_program_ids, programs_held_by, report_json, report_text, run_report,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ws-trace");
 
@@ -433,18 +435,7 @@ fn record_then_report_joins_every_message() {
     );
     assert_eq!(server.join().expect("feed server").messages, 300);
 
-    let out = Command::new(BIN)
-        .arg("report")
-        .arg(&trace)
-        .arg("--json")
-        .output()
-        .expect("run ws-trace report");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report --json is JSON");
+    let v = report_json(&trace);
     assert_eq!(v["truncated"], false);
     assert_eq!(v["correlation"]["messages"], 300, "{}", v["correlation"]);
     let joined = v["correlation"]["joined"].as_u64().unwrap_or(0);
@@ -477,12 +468,7 @@ fn record_then_report_joins_every_message() {
     assert_eq!(total["count"].as_u64(), Some(joined));
     assert_eq!(v["slowest"].as_array().map(Vec::len), Some(5));
     // The text form says the same.
-    let text = Command::new(BIN)
-        .arg("report")
-        .arg(&trace)
-        .output()
-        .expect("report");
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = report_text(&trace);
     assert!(
         text.contains(&format!("300 seen, {joined} joined")),
         "{text}"
@@ -517,18 +503,7 @@ fn a_killed_recording_is_still_readable() {
     .expect("kill");
     let _ = child.child().wait();
     assert_unloaded(&ids, "SIGKILL of record");
-    let out = Command::new(BIN)
-        .arg("report")
-        .arg(&trace)
-        .arg("--json")
-        .output()
-        .expect("report");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let v = report_json(&trace);
     assert_eq!(v["truncated"], true);
     let events: u64 = v["probes"]
         .as_array()
@@ -736,15 +711,6 @@ fn block_starts(bytes: &[u8]) -> Vec<usize> {
         .collect()
 }
 
-fn run_report(file: &std::path::Path, json: bool) -> std::process::Output {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("report").arg(file);
-    if json {
-        cmd.arg("--json");
-    }
-    cmd.output().expect("run ws-trace report")
-}
-
 fn events_in(report: &serde_json::Value) -> u64 {
     report["probes"]
         .as_array()
@@ -765,10 +731,7 @@ fn report_reads_around_a_damaged_block_and_says_what_was_lost() {
     bytes[blocks[2] + 500] ^= 0x08;
     std::fs::write(&trace, &bytes).expect("write damaged trace");
 
-    let out = run_report(&trace, true);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report --json");
+    let v = report_json(&trace);
     let integrity = &v["integrity"];
     assert_eq!(integrity["corrupt_blocks"], 1, "{integrity}");
     assert_eq!(
@@ -780,13 +743,7 @@ fn report_reads_around_a_damaged_block_and_says_what_was_lost() {
     assert_eq!(v["truncated"], false);
     assert_eq!(events_in(&v), 10_000 - u64::from(lost));
 
-    let out = run_report(&trace, false);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = report_text(&trace);
     let line = format!(
         "corrupt: 1 block ({:.1} KiB) skipped, {lost} records lost",
         (blocks[3] - blocks[2]) as f64 / 1024.0
@@ -824,19 +781,13 @@ fn report_on_a_file_cut_inside_a_block_says_truncated_not_corrupt() {
         })
         .sum();
     std::fs::write(&trace, &bytes[..blocks[3] + 1000]).expect("write cut trace");
-    let out = run_report(&trace, true);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report --json");
+    let v = report_json(&trace);
     assert_eq!(v["truncated"], true);
     assert_eq!(v["integrity"]["corrupt_blocks"], 0, "{}", v["integrity"]);
     assert_eq!(v["integrity"]["corrupt_bytes"], 0);
     assert_eq!(v["integrity"]["tail_bytes"], 1000);
     assert_eq!(events_in(&v), kept);
-    let text = String::from_utf8_lossy(&run_report(&trace, false).stdout).into_owned();
+    let text = report_text(&trace);
     assert!(text.contains("note: the file was cut short"), "{text}");
     assert!(!text.contains("corrupt"), "{text}");
 }
@@ -909,13 +860,7 @@ fn report_reads_a_format_1_file() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/data/v1-complete.wstrace"
     );
-    let out = run_report(std::path::Path::new(fixture), true);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report --json");
+    let v = report_json(std::path::Path::new(fixture));
     assert_eq!(v["truncated"], false);
     assert_eq!(v["integrity"]["corrupt_blocks"], 0);
     assert_eq!(v["host"], "fixture-host");
@@ -994,13 +939,7 @@ fn recording_into_a_full_file_system_stops_cleanly() {
     assert_unloaded(&ids, "a recording into a full file system");
 
     // The file reads back: every complete block, truncated, not corrupt.
-    let out = run_report(&trace, true);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report --json");
+    let v = report_json(&trace);
     assert_eq!(v["truncated"], true);
     assert_eq!(v["integrity"]["corrupt_blocks"], 0, "{}", v["integrity"]);
     let events = events_in(&v) + v["undecodable"].as_u64().unwrap_or(0);

@@ -10,6 +10,9 @@ use ws_engine::server::{Feed, FeedServer, Payload};
 use ws_trace::privileges::require_for_test;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ws-trace");
+
+mod support;
+use support::{report_json, report_text};
 const MESSAGES: usize = 400;
 const SPIN_US: u64 = 20;
 
@@ -72,28 +75,7 @@ fn record_and_report(client: &Path, dir: &Path, spin_us: u64) -> (serde_json::Va
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no on_message_p50_ns in {stdout}"));
     assert_eq!(server.join().expect("feed server").messages, MESSAGES);
-    let out = Command::new(BIN)
-        .arg("report")
-        .arg(&trace)
-        .arg("--json")
-        .output()
-        .expect("run ws-trace report");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report JSON");
-    let text = Command::new(BIN)
-        .arg("report")
-        .arg(&trace)
-        .output()
-        .expect("run ws-trace report");
-    (
-        report,
-        String::from_utf8_lossy(&text.stdout).into_owned(),
-        own_p50,
-    )
+    (report_json(&trace), report_text(&trace), own_p50)
 }
 
 /// The function table's one row: (symbol, count, p50 ns).

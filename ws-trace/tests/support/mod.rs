@@ -10,6 +10,43 @@ use std::{
 
 use ws_abi::ProbeKind;
 
+/// The `ws-trace` binary under test.
+const BIN: &str = env!("CARGO_BIN_EXE_ws-trace");
+
+/// `ws-trace report FILE` (with `--json` when asked), as a user runs it.
+pub fn run_report(file: &std::path::Path, json: bool) -> std::process::Output {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("report").arg(file);
+    if json {
+        cmd.arg("--json");
+    }
+    cmd.output().expect("run ws-trace report")
+}
+
+/// `ws-trace report FILE --json`, which must succeed, parsed.
+pub fn report_json(file: &std::path::Path) -> serde_json::Value {
+    let out = run_report(file, true);
+    assert!(
+        out.status.success(),
+        "report --json {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("report --json is JSON")
+}
+
+/// `ws-trace report FILE`, which must succeed: its text.
+pub fn report_text(file: &std::path::Path) -> String {
+    let out = run_report(file, false);
+    assert!(
+        out.status.success(),
+        "report {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Ids of loaded BPF programs named like our kernel probes (the kernel keeps 15 chars).
 pub fn our_program_ids() -> BTreeSet<u32> {
     let names: Vec<String> = ProbeKind::KERNEL
